@@ -24,7 +24,7 @@ _ARCHITECTURES: dict[str, _Paths] = {
     "gemma2": _Paths("model.layers", "model.norm", "lm_head", "model.embed_tokens"),
     "gemma3_text": _Paths("model.layers", "model.norm", "lm_head", "model.embed_tokens"),
     "gpt2": _Paths("transformer.h", "transformer.ln_f", "lm_head", "transformer.wte"),
-    "gpt_neox": _Paths("gpt_neox.layers", "gpt_neox.final_layer_norm", "embed_out",
+    "gpt_neox": _Paths("gpt_neox.layers", "gpt_neox.final_layer_norm", "lm_head",
                        "gpt_neox.embed_in"),
 }
 
