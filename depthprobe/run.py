@@ -16,8 +16,9 @@ import pandas as pd
 
 from .capture import capture_residuals
 from .depth import Cascade, DepthRule, cascade
-from .methods import behaviour_answers, behaviour_by_step, control_labels, probe_scores
-from .methods.probe import LinearProbe, check_probe_data
+from .methods import METHODS, MethodContext, behaviour_answers, behaviour_by_step, control_labels
+from .methods.base import get_method
+from .methods.probe import check_probe_data
 from .models import DEFAULT_MODEL, LoadedModel, check_model_name, load_model
 from .plots import cascade_figure, write_html, write_static
 from .scores import write_table
@@ -87,9 +88,6 @@ class RunConfig:
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 
-METHODS = ("probe",)
-
-
 def build_task(config: RunConfig) -> Task:
     """Build the configured task; the task's own options override the shared sizes."""
     options = {"n_stories": config.n_stories, "seed": config.seed}
@@ -108,9 +106,10 @@ def check_config(config: RunConfig) -> Task:
         raise ValueError(f"Steps must be 1 or more, got {config.n_steps}.")
     if config.n_stories < 1:
         raise ValueError(f"The number of stories must be 1 or more, got {config.n_stories}.")
-    unknown = [m for m in config.methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"Unknown methods {unknown}; choose from {', '.join(METHODS)}.")
+    if not config.methods:
+        raise ValueError("No method given; choose one or more of " + ", ".join(METHODS) + ".")
+    for method in config.methods:
+        get_method(method)
     bad_formats = [f for f in config.figures if f not in ("html", "png", "svg", "pdf")]
     if bad_formats:
         raise ValueError(f"Unknown figure formats {bad_formats}; choose html, png, svg, pdf.")
@@ -270,31 +269,22 @@ def run(config: RunConfig | None = None, model: LoadedModel | None = None, **ove
     _write_manifest(out_dir, manifest)
 
     examples = align_examples(text_examples, loaded.tokenizer)
-    mark = time.perf_counter()
-    features = capture_residuals(
-        loaded.model, loaded.layout, [ex.input_ids for ex in examples],
-        [[r.position for r in ex.readouts] for ex in examples],
-        batch_size=config.batch_size, pad_token_id=loaded.tokenizer.pad_token_id or 0,
-        progress=config.progress)
-    timings["capture"] = time.perf_counter() - mark
+    features = None
+    if any(get_method(m).needs_features for m in config.methods):
+        features = _capture(config, loaded, examples, timings)
 
     keys = [(ex.input_ids[r.position], ex.input_ids[r.position - 1] if r.position else -1)
             for ex in examples for r in ex.readouts]
-    control = control_labels(keys, task.n_classes, seed=config.seed)
-    mark = time.perf_counter()
-    scores, readout_scores = probe_scores(
-        features.numpy(), labels, steps, groups, control=control, n_folds=config.n_folds,
-        probe=LinearProbe(C=config.probe_c), progress=config.progress)
-    timings["probe"] = time.perf_counter() - mark
-    write_table(scores, out_dir / "scores.csv")
-    write_table(readout_scores, out_dir / "readout_scores.csv")
-
-    mark = time.perf_counter()
-    chance = scores.groupby("step")["chance"].first().to_dict()
-    cascades = {"probe": cascade(readout_scores, chance, "probe", config.depth_rule())}
+    context = MethodContext(
+        task=task, loaded=loaded, text_examples=text_examples, examples=examples,
+        features=features, layers=list(range(loaded.layout.n_layers + 1)), labels=labels,
+        steps=steps, groups=groups,
+        control=control_labels(keys, task.n_classes, seed=config.seed),
+        n_folds=config.n_folds, batch_size=config.batch_size, seed=config.seed,
+        progress=config.progress, options={"probe_c": config.probe_c})
+    scores, readout_scores, cascades = _score_methods(config, context, out_dir, timings)
     depths = pd.concat([c.table for c in cascades.values()], ignore_index=True)
     write_table(depths, out_dir / "depth.csv")
-    timings["depth"] = time.perf_counter() - mark
 
     behaviour = None
     if config.behaviour:
@@ -324,6 +314,37 @@ def run(config: RunConfig | None = None, model: LoadedModel | None = None, **ove
     manifest["status"] = "complete"
     _write_manifest(out_dir, manifest)
     return result
+
+
+def _capture(config: RunConfig, loaded: LoadedModel, examples, timings: dict):
+    mark = time.perf_counter()
+    features = capture_residuals(
+        loaded.model, loaded.layout, [ex.input_ids for ex in examples],
+        [[r.position for r in ex.readouts] for ex in examples],
+        batch_size=config.batch_size, pad_token_id=loaded.tokenizer.pad_token_id or 0,
+        progress=config.progress)
+    timings["capture"] = time.perf_counter() - mark
+    return features
+
+
+def _score_methods(config: RunConfig, context: MethodContext, out_dir: Path, timings: dict):
+    """Run each method, write the combined tables after each one, and compute depths."""
+    scores, readouts, cascades = [], [], {}
+    for name in config.methods:
+        spec = get_method(name)
+        mark = time.perf_counter()
+        method_scores, method_readouts = spec.score(context)
+        timings[name] = time.perf_counter() - mark
+        scores.append(method_scores)
+        readouts.append(method_readouts)
+        write_table(pd.concat(scores, ignore_index=True), out_dir / "scores.csv")
+        write_table(pd.concat(readouts, ignore_index=True), out_dir / "readout_scores.csv")
+
+        chance = method_scores.groupby("step")["chance"].first().to_dict()
+        rule = dataclasses.replace(config.depth_rule(), **spec.depth_rule)
+        cascades[name] = cascade(method_readouts, chance, name, rule)
+    return (pd.concat(scores, ignore_index=True), pd.concat(readouts, ignore_index=True),
+            cascades)
 
 
 def _write_figures(result: RunResult, out_dir: Path, formats) -> None:

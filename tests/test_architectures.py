@@ -20,12 +20,13 @@ WIDTH = 64
 VOCAB = 500
 
 # Tiny configs: 4 blocks (3 for the pure state-space models), width 64, MoE layers cut
-# to two or four small experts. Falcon-H1 and Granite get a logit scale other than 1 so
+# to two or four small experts, and scan chunks of 16 tokens (the default 256 pads every
+# short test sequence to 256 positions in the PyTorch fallback of the Mamba 2 scan). Falcon-H1 and Granite get a logit scale other than 1 so
 # that the unembedding test can see whether the layout applies it.
 _CONFIGS = {
     "mamba": dict(num_hidden_layers=3, state_size=8, expand=2, conv_kernel=4),
     "mamba2": dict(num_hidden_layers=3, state_size=8, expand=2, n_groups=1, num_heads=8,
-                   head_dim=16, conv_kernel=4),
+                   head_dim=16, conv_kernel=4, chunk_size=16),
     "falcon_mamba": dict(num_hidden_layers=3, state_size=8, expand=2),
     "jamba": dict(num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
                   intermediate_size=128, attn_layer_period=2, attn_layer_offset=1,
@@ -33,20 +34,20 @@ _CONFIGS = {
                   mamba_d_state=8, mamba_expand=2, mamba_dt_rank=8),
     "bamba": dict(num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
                   intermediate_size=128, mamba_d_state=8, mamba_n_heads=8, mamba_d_head=16,
-                  mamba_expand=2, attn_layer_indices=[1, 3]),
+                  mamba_expand=2, attn_layer_indices=[1, 3], mamba_chunk_size=16),
     "zamba2": dict(num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
                    intermediate_size=128, mamba_d_state=8, mamba_expand=2, n_mamba_heads=8,
                    layers_block_type=["mamba", "hybrid", "mamba", "hybrid"],
-                   attention_head_dim=16),
+                   attention_head_dim=16, chunk_size=16),
     "falcon_h1": dict(num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
                       intermediate_size=128, mamba_d_state=8, mamba_n_heads=8,
                       mamba_d_head="auto", mamba_d_ssm=None, mamba_expand=2,
-                      lm_head_multiplier=0.5),
+                      lm_head_multiplier=0.5, mamba_chunk_size=16),
     "granitemoehybrid": dict(num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
                              intermediate_size=128, mamba_d_state=8, mamba_n_heads=8,
                              mamba_d_head=16, mamba_expand=2, num_local_experts=0,
                              layer_types=["mamba", "attention", "mamba", "attention"],
-                             logits_scaling=4.0),
+                             logits_scaling=4.0, mamba_chunk_size=16),
     "qwen3_next": dict(num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
                        intermediate_size=128, head_dim=16, linear_num_key_heads=2,
                        linear_num_value_heads=4, linear_key_head_dim=16,
@@ -239,6 +240,7 @@ def test_planted_signal_found_at_its_layer(built):
     groups = np.arange(len(sequences))
     scores = [probe_accuracy(captured[:, layer].numpy(), y, groups)
               for layer in range(layout.n_layers + 1)]
+    print(architecture, [round(s, 2) for s in scores])
     for layer, score in enumerate(scores):
         if layer < planted_layer:
             assert score < 0.7, f"layer {layer} scored {score:.2f} before the planted layer"

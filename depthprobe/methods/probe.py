@@ -15,6 +15,7 @@ from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
 from ..scores import make_readout_scores, make_scores
+from .base import MethodSpec, register_method
 
 logger = logging.getLogger(__name__)
 
@@ -146,3 +147,17 @@ def probe_scores(
             bar.update()
     bar.close()
     return make_scores(rows), make_readout_scores(pd.concat(per_readout, ignore_index=True))
+
+
+def _score_with_probe(context) -> tuple[pd.DataFrame, pd.DataFrame]:
+    probe = LinearProbe(C=context.options.get("probe_c", 1.0))
+    return probe_scores(
+        context.features.numpy(), context.labels, context.steps, context.groups,
+        layers=context.layers, control=context.control, n_folds=context.n_folds,
+        probe=probe, progress=context.progress)
+
+
+register_method(MethodSpec(
+    name=METHOD, score=_score_with_probe,
+    summary="held-out accuracy of a linear probe, folds grouped by story",
+    cost="one logistic regression per layer, step and fold (plus the control task)"))
