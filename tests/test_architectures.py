@@ -19,9 +19,9 @@ from conftest import tiny_model
 WIDTH = 64
 VOCAB = 500
 
-# Tiny configs: 4 blocks (3 for the pure state-space models), width 64, MoE layers cut
-# to two or four small experts, and scan chunks of 16 tokens (the default 256 pads every
-# short test sequence to 256 positions in the PyTorch fallback of the Mamba 2 scan). Falcon-H1 and Granite get a logit scale other than 1 so
+# Tiny configs: 4 blocks (3 for the pure state-space models), width 64, and MoE layers
+# cut to two or four small experts. Scans run in chunks of 16 tokens, because the PyTorch
+# fallback of the Mamba 2 scan pads every sequence to a whole chunk (256 by default). Falcon-H1 and Granite get a logit scale other than 1 so
 # that the unembedding test can see whether the layout applies it.
 _CONFIGS = {
     "mamba": dict(num_hidden_layers=3, state_size=8, expand=2, conv_kernel=4),
@@ -73,7 +73,7 @@ EXPECTED_MIXERS = {
 }
 
 # Mamba and Falcon-Mamba return the block outputs and the normed last one as their hidden
-# states, without the embedding output; the others start with the embedding output.
+# states. They leave out the embedding output, which the others return first.
 NO_EMBEDDING_STATE = {"mamba", "falcon_mamba"}
 
 
@@ -179,12 +179,13 @@ def test_capture_same_with_left_padding(built):
 
 def test_missing_unembed_rejected(built):
     architecture, model, layout = built
-    layout.unembed, kept = None, layout.unembed
+    lm_head = layout.unembed
+    layout.unembed = None
     try:
         with pytest.raises(ValueError, match="needs an unembedding.*probe"):
             unembed_residual(layout)
     finally:
-        layout.unembed = kept
+        layout.unembed = lm_head
 
 
 class _PlantedLabel:
@@ -240,7 +241,6 @@ def test_planted_signal_found_at_its_layer(built):
     groups = np.arange(len(sequences))
     scores = [probe_accuracy(captured[:, layer].numpy(), y, groups)
               for layer in range(layout.n_layers + 1)]
-    print(architecture, [round(s, 2) for s in scores])
     for layer, score in enumerate(scores):
         if layer < planted_layer:
             assert score < 0.7, f"layer {layer} scored {score:.2f} before the planted layer"

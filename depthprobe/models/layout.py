@@ -1,4 +1,4 @@
-"""Where each supported architecture keeps its decoder blocks, final norm and unembedding."""
+"""The decoder blocks, final norm and unembedding of each supported architecture."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ from typing import Callable
 
 from torch import nn
 
-# What a block mixes along the sequence with: attention, a recurrence (a state-space
-# scan, linear attention with the delta rule), or both side by side in one block.
+# Sequence mixers of one block: attention, a recurrence (a state-space scan, or linear
+# attention with the delta rule), or both side by side in one block.
 MIXERS = ("attention", "recurrent", "attention+recurrent")
 
-# How the whole stack mixes along the sequence: every block by attention (a causal
-# transformer), every block by a recurrence, or a mix of the two.
+# Model kinds by the mixers of their blocks: attention in every block (a causal
+# transformer), a recurrence in every block, or a mix of the two.
 KINDS = ("feedforward", "recurrent", "hybrid")
 
 # Values of transformers' ``config.layer_types`` (v5) and what each means here.
@@ -56,7 +56,7 @@ _ARCHITECTURES: dict[str, _Paths] = {
     "mamba": _MAMBA_LIKE,
     "mamba2": _MAMBA_LIKE,
     "falcon_mamba": _MAMBA_LIKE,
-    # Hybrids: config.layer_types says which blocks attend and which recur.
+    # Hybrids: config.layer_types names the blocks that attend and those that recur.
     "jamba": _HYBRID,
     "bamba": _HYBRID,
     "zamba2": _HYBRID,
@@ -84,9 +84,9 @@ class ModelLayout:
     ``blocks[i]`` is decoder block ``i``; the residual stream after it is layer ``i + 1``.
     ``final_norm`` and ``unembed`` turn a residual into logits (``unembed`` is ``None`` for
     a model without an unembedding, and methods that need one reject such a model).
-    ``logit_scale`` multiplies the logits (Falcon-H1's ``lm_head_multiplier``, the inverse of
-    Granite's ``logits_scaling``; ``None`` if unset), and ``logit_softcap`` is the tanh
-    soft-capping value that Gemma 2 and 3 apply after it (``None`` if unset).
+    ``logit_scale`` multiplies the logits: it is Falcon-H1's ``lm_head_multiplier`` or the
+    inverse of Granite's ``logits_scaling``, and ``None`` if unset. ``logit_softcap`` is the
+    tanh soft-capping value that Gemma 2 and 3 apply after that (``None`` if unset).
 
     ``kind`` is one of :data:`KINDS` and ``block_mixers[i]`` one of :data:`MIXERS`, so a
     method can tell whether the model carries state along the sequence in a recurrence.
@@ -157,9 +157,9 @@ def _block_mixers(config, paths: _Paths, n_blocks: int, model_type: str) -> tupl
     unknown = sorted({t for t in layer_types if t not in _LAYER_TYPE_MIXERS})
     if len(layer_types) != n_blocks or unknown:
         raise ValueError(
-            f"Cannot tell the mixer of each block of this {model_type!r} model: its "
-            f"config.layer_types is {layer_types!r}, expected {n_blocks} entries out of "
-            f"{', '.join(_LAYER_TYPE_MIXERS)}."
+            f"Invalid config.layer_types {layer_types!r} for this {model_type!r} model: "
+            f"expected {n_blocks} entries, one per block, each one of "
+            f"{', '.join(_LAYER_TYPE_MIXERS)}; fix the config's layer_types."
         )
     return tuple(_LAYER_TYPE_MIXERS[t] for t in layer_types)
 
