@@ -68,6 +68,24 @@ def check_model_name(name_or_path: str) -> None:
         )
 
 
+def _from_pretrained(source, tok_source, kwargs: dict, extra: dict, hub: bool):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    remote = kwargs.get("trust_remote_code", False)
+    if hub:
+        # A hub id already in the local HF cache loads without touching the network.
+        try:
+            return _from_pretrained(source, tok_source, {**kwargs, "local_files_only": True},
+                                    extra, hub=False)
+        except OSError:
+            logger.info("%s is not in the local HF cache; asking the hub.", source)
+    tokenizer = AutoTokenizer.from_pretrained(
+        tok_source, trust_remote_code=remote,
+        local_files_only=kwargs.get("local_files_only", False), **extra)
+    model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **extra)
+    return tokenizer, model
+
+
 def load_model(
     name_or_path: str,
     dtype: str | torch.dtype | None = "float32",
@@ -84,8 +102,6 @@ def load_model(
     there afterwards. ``device_map`` is passed to transformers (for example ``"auto"`` to
     spread a model over several GPUs with accelerate).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     check_model_name(name_or_path)
     torch_dtype = resolve_dtype(dtype, device)
     kwargs = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
@@ -108,10 +124,8 @@ def load_model(
         source, tok_source, extra, digest = name_or_path, name_or_path, {}, None
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            tok_source, trust_remote_code=trust_remote_code, **extra
-        )
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **extra)
+        tokenizer, model = _from_pretrained(source, tok_source, kwargs, extra,
+                                            hub=source is name_or_path)
     except OSError as error:
         if source is name_or_path:
             raise ValueError(
