@@ -183,6 +183,19 @@ def _logit_scale(config, model_type: str) -> float | None:
     return None
 
 
+def _block_sources(config, n_blocks: int) -> tuple[tuple[int, int], ...] | None:
+    # A looped model's config lists (original block, pass) for each unrolled block.
+    sources = getattr(config, "depthprobe_block_sources", None)
+    if sources is None:
+        return None
+    if len(sources) != n_blocks:
+        raise ValueError(
+            f"The config lists {len(sources)} depthprobe_block_sources for {n_blocks} blocks; "
+            f"remove depthprobe_block_sources from config.json, or give one per block."
+        )
+    return tuple((int(block), int(pass_index)) for block, pass_index in sources)
+
+
 def layout_for(model: nn.Module) -> ModelLayout:
     """Find the blocks, final norm and unembedding of a HuggingFace causal LM.
 
@@ -225,6 +238,7 @@ def layout_for(model: nn.Module) -> ModelLayout:
         kind=kind_of(mixers),
         block_mixers=mixers,
         logit_scale=_logit_scale(config, model_type),
+        block_sources=_block_sources(config, len(blocks)),
     )
 
 
