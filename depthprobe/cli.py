@@ -82,7 +82,7 @@ def _add_run_parser(subparsers) -> None:
     run.add_argument("-o", "--output", default=None,
                      help="output folder (default: depthprobe-runs/TASK)")
     run.add_argument("--overwrite", action="store_true",
-                     help="replace an output folder that holds a different run")
+                     help="replace an output folder that contains a different run")
     run.add_argument("-q", "--quiet", action="store_true", help="hide progress bars")
     run.set_defaults(handler=_run)
 
