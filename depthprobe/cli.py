@@ -29,7 +29,7 @@ def _persist(text: str) -> int | None:
     return None if text.lower() in ("all", "none") else int(text)
 
 
-def _add_run_parser(subparsers) -> None:
+def _add_run_parser(subparsers) -> argparse.ArgumentParser:
     from .run import RunConfig
 
     defaults = RunConfig()
@@ -37,7 +37,10 @@ def _add_run_parser(subparsers) -> None:
         "run", help="measure the state's resolution depth per step and draw the cascade",
         description="Capture the residual stream at every layer for a task's readouts, score "
                     "each layer, find the resolution depth per step and write tables, a "
-                    "manifest and figures to the output folder.")
+                    "manifest and figures to the output folder. With a recipe file, run "
+                    "what it fixes; options given on the command line override it.")
+    run.add_argument("recipe", nargs="?", default=None, metavar="RECIPE",
+                     help="recipe file (TOML) to run, e.g. probes/shell-game-smollm2.toml")
     run.add_argument("--model", default=defaults.model,
                      help=f"bundled name ({', '.join(BUNDLED_MODELS)}), local folder, GGUF "
                           f"file or hub id (default: {defaults.model})")
@@ -85,6 +88,46 @@ def _add_run_parser(subparsers) -> None:
                      help="replace an output folder that contains a different run")
     run.add_argument("-q", "--quiet", action="store_true", help="hide progress bars")
     run.set_defaults(handler=_run)
+    return run
+
+
+# `run` option destinations -> the RunConfig fields they set, for recipe overrides.
+_RUN_FLAG_FIELDS = {
+    "model": "model", "task": "task", "task_option": "task_options", "stories": "n_stories",
+    "steps": "n_steps", "seed": "seed", "methods": "methods", "folds": "n_folds",
+    "probe_c": "probe_c", "depth_relative": "depth_relative",
+    "depth_margin": "depth_min_margin", "depth_persist": "depth_persist", "boot": "n_boot",
+    "batch_size": "batch_size", "dtype": "dtype", "device": "device", "output": "output_dir",
+    "overwrite": "overwrite", "no_behaviour": "behaviour",
+    "behaviour_stories": "behaviour_stories", "figures": "figures", "quiet": "progress",
+}
+
+
+def _given_run_options(argv: list[str] | None) -> set[str]:
+    """Return the destinations of the `run` options that the command line sets."""
+    parser = argparse.ArgumentParser(add_help=False)
+    run = _add_run_parser(parser.add_subparsers(dest="command"))
+    for action in run._actions:
+        action.default = argparse.SUPPRESS
+    namespace, _ = parser.parse_known_args(argv)
+    return {dest for dest, value in vars(namespace).items()
+            if dest in _RUN_FLAG_FIELDS and value is not argparse.SUPPRESS}
+
+
+def _run_recipe(args, config) -> int:
+    from .recipes import run_recipe
+
+    overrides = {_RUN_FLAG_FIELDS[dest]: getattr(config, _RUN_FLAG_FIELDS[dest])
+                 for dest in sorted(args.given)}
+    result = run_recipe(args.recipe, overrides=overrides)
+    for model, run_result in result.runs.items():
+        print(f"== {model}")
+        print(run_result.summary())
+    if result.figures:
+        print("figures: " + ", ".join(str(path) for path in result.figures))
+    for error in result.errors:
+        print(f"depthprobe run: {error}", file=sys.stderr)
+    return 0
 
 
 def _run(args) -> int:
@@ -101,6 +144,8 @@ def _run(args) -> int:
         figures=args.figures, progress=not args.quiet)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be 1 or more, got {args.batch_size}.")
+    if args.recipe:
+        return _run_recipe(args, config)
     result = run(config)
     print(result.summary())
     return 0
@@ -147,13 +192,62 @@ def build_parser() -> argparse.ArgumentParser:
     tasks = subparsers.add_parser("tasks", help="list the tasks, one line each")
     tasks.add_argument("-v", "--verbose", action="store_true", help="also list each task's options")
     tasks.set_defaults(handler=_tasks)
+    _add_plot_parser(subparsers)
     return parser
+
+
+def _add_plot_parser(subparsers) -> None:
+    from .plots.replot import FIGURE_KINDS
+
+    plot = subparsers.add_parser(
+        "plot", help="redraw a figure of a finished run from its saved tables",
+        description="Redraw a figure from the tables a run saved, without loading a model. "
+                    "Kinds: " + "; ".join(f"{k}: {v}" for k, v in FIGURE_KINDS.items()) + ".")
+    plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                      help="output folder of `depthprobe run`; a second one for --kind compare, "
+                           "further ones for --kind depth")
+    plot.add_argument("--kind", default="cascade", choices=list(FIGURE_KINDS),
+                      help="figure to draw (default: cascade)")
+    plot.add_argument("--method", default=None,
+                      help="scoring method to draw (default: the run's first)")
+    plot.add_argument("--example", type=int, default=0,
+                      help="example number for --kind diagram (default: 0)")
+    plot.add_argument("--schematic", action="store_true",
+                      help="diagrams: plain blocks, green state boxes, purple input arrows")
+    plot.add_argument("--normalise", action=argparse.BooleanOptionalAction, default=None,
+                      help="divide depth by the model's number of blocks (default: on for "
+                           "compare and for several runs)")
+    plot.add_argument("-o", "--output", default=None,
+                      help="figure file ending in .html, .png, .svg or .pdf (default: "
+                           "RUN_DIR/KIND-METHOD.html)")
+    plot.set_defaults(handler=_plot)
+
+
+def _plot(args) -> int:
+    from pathlib import Path
+
+    from .plots import BrowserNotFoundError, figure_from_run, load_run, write_figure
+
+    tables = load_run(args.run_dirs[0])
+    method = tables.check_method(args.method)
+    fig = figure_from_run(tables, args.kind, method=method, others=args.run_dirs[1:],
+                          example=args.example, schematic=args.schematic,
+                          normalise=args.normalise)
+    output = args.output or Path(args.run_dirs[0]) / f"{args.kind}-{method}.html"
+    try:
+        print(write_figure(fig, output))
+    except BrowserNotFoundError as error:
+        print(f"depthprobe plot: error: {error}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "recipe", None):
+        args.given = _given_run_options(argv)
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("kaleido", "choreographer", "httpx"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))

@@ -23,6 +23,7 @@ from .models import DEFAULT_MODEL, LoadedModel, check_model_name, load_model
 from .plots import cascade_figure, write_html, write_static
 from .scores import write_table
 from .tasks import Task, align_examples, make_task
+from .plots.tables import TOKENS_FILE, token_table
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +212,8 @@ class RunResult:
 
     def _repr_html_(self) -> str:
         table = self.summary_table().to_html(index=False, float_format=lambda v: f"{v:.2f}")
-        figure = self.figure().to_html(full_html=False, include_plotlyjs="cdn")
+        # plotly.js is embedded (about 4.7 MB), because a CDN link shows nothing offline.
+        figure = self.figure().to_html(full_html=False, include_plotlyjs=True)
         return f"<h4>depthprobe run: {self.config.task} on {self.config.model}</h4>{table}{figure}"
 
 
@@ -275,6 +277,8 @@ def run(config: RunConfig | None = None, model: LoadedModel | None = None, **ove
 
     keys = [(ex.input_ids[r.position], ex.input_ids[r.position - 1] if r.position else -1)
             for ex in examples for r in ex.readouts]
+    write_table(token_table(examples, loaded.tokenizer, task.class_names),
+                out_dir / TOKENS_FILE)
     context = MethodContext(
         task=task, loaded=loaded, text_examples=text_examples, examples=examples,
         features=features, layers=list(range(loaded.layout.n_layers + 1)), labels=labels,
