@@ -65,7 +65,8 @@ def _typed_tokens(frame: pd.DataFrame) -> pd.DataFrame:
                           "readout_id": "Int64", "step": "Int64", "label": "Int64"})
     frame["group"] = frame["group"].astype(str)
     frame["token"] = frame["token"].fillna("").astype(str)
-    frame["label_name"] = frame["label_name"].astype(object)
+    names = frame["label_name"].astype(object)
+    frame["label_name"] = names.where(names.notna(), None)
     return frame
 
 
