@@ -1,6 +1,6 @@
 """The bAbI text format (tasks 1 to 3) and a small world model that replays its stories.
 
-A bAbI file holds stories of numbered lines. A statement line is ``ID sentence``; a
+A bAbI file contains stories of numbered lines. A statement line is ``ID sentence``; a
 question line is ``ID question<TAB>answer<TAB>supporting IDs``; the ID restarts at 1 for
 each story. Tasks 1 to 3 (Weston et al. 2015) use three kinds of sentence: a person moves
 ("John went back to the kitchen."), picks up an object ("Mary got the milk there.") or
@@ -89,7 +89,7 @@ class World:
         self.locations: dict[str, str] = {}
         self.carriers: dict[str, str] = {}  # item -> person carrying it
         self.updates: Counter[str] = Counter()
-        self.history: dict[str, list[str]] = {}  # item -> locations in order of arrival
+        self.history: dict[str, list[str]] = {}  # entity -> places in order of arrival
 
     def _place(self, entity: str, place: str) -> None:
         self.locations[entity] = place
@@ -116,14 +116,6 @@ class World:
 
     def location(self, entity: str) -> str | None:
         return self.locations.get(entity)
-
-    def location_before(self, item: str, place: str) -> str | None:
-        """Return where ``item`` was just before it last arrived at ``place``, if known."""
-        trail = self.history.get(item, [])
-        for index in range(len(trail) - 1, 0, -1):
-            if trail[index] == place:
-                return trail[index - 1]
-        return None
 
 
 def _parse_question(rest: str, line: int, number: int, story: Story,

@@ -118,7 +118,7 @@ def _apply(operation: str, boxes: dict[int, set[str]]) -> str | None:
 def parse_boxes_file(path) -> list[BoxesLine]:
     """Parse and check a boxes JSONL file in the format of Kim and Schuster (2023).
 
-    Each line holds ``sentence`` (the initial description, the operations and a final
+    Each line contains ``sentence`` (the initial description, the operations and a final
     "Box k contains ANSWER."), ``masked_content`` (the answer after ``<extra_id_0> ``),
     ``sample_id`` and ``numops`` (the operations that changed box k). The operations are
     replayed; the answer and ``numops`` must agree with the replay. Raises
@@ -158,7 +158,8 @@ def _parse_record(number: int, record: dict, problems: ProblemLog) -> BoxesLine 
                              ("sample_id", record["sample_id"], int),
                              ("numops", record["numops"], int)):
         if not isinstance(value, kind) or isinstance(value, bool):
-            problems.add(number, key, f"must be a {kind.__name__}, got {value!r}")
+            expected = "a string" if kind is str else "an integer"
+            problems.add(number, key, f"must be {expected}, got {value!r}")
             return None
 
     sentences = [part.strip() for part in sentence.split(".") if part.strip()]
@@ -204,7 +205,7 @@ class Boxes(Task):
     from Box 0 to Box 1. Remove the key from Box 2. Put the bell into Box 0. Box 1
     contains", ending where the model would name the queried box's contents. Readouts sit
     on the period of the description (step 0) and of each operation, labelled with the
-    queried box's contents after it, and on the final "contains"; the step counts the
+    queried box's contents after it, and on the final "contains". The step counts the
     operations so far that changed the queried box (the data set's ``numops``). With
     ``readout_at=query`` only the final "contains" carries a readout.
 

@@ -1,4 +1,4 @@
-"""Where a person or an item is, in bAbI-style stories (tasks 1 and 2): generated or loaded."""
+"""The location of a person or an item in bAbI-style stories (tasks 1 to 3), generated or loaded."""
 
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ class Location(Task):
 
     Generated stories (``path`` empty) follow the tracked entity through ``n_updates``
     moves, each followed by ``n_distractors`` moves of other people. In task 2 a person
-    picks the item up and carries it; with ``handover_rate`` the item is dropped and picked
-    up by someone else before the next move. A loaded bAbI file (tasks 1 to 3) keeps its
+    picks the item up and carries it. Before each later move, with ``handover_rate``, the
+    carrier drops the item and someone else picks it up. A loaded bAbI file (tasks 1 to 3) keeps its
     statements as the text, drops the question lines and turns them into behaviour queries.
 
     Readouts sit on the period of every statement from the one that first places the

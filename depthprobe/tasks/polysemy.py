@@ -50,11 +50,13 @@ TAILS = ("", " right now", " after lunch", " this afternoon", " with my brother"
 SPEAKERS = (("Anna", "Ben"), ("Kate", "Omar"), ("Lucy", "Paul"), ("Eva", "Sam"))
 
 
-def _word_span(sentence: str, index: int, offset: int) -> Span:
-    """Return the span of word ``index`` of a space-tokenized sentence placed at ``offset``."""
-    words = sentence.split(" ")
-    start = offset + sum(len(word) + 1 for word in words[:index])
-    return Span(start, start + len(words[index]))
+def _space_word_spans(sentence: str, offset: int) -> list[Span]:
+    """Return the spans of the words of a space-tokenized sentence placed at ``offset``."""
+    spans, start = [], offset
+    for word in sentence.split(" "):
+        spans.append(Span(start, start + len(word)))
+        start += len(word) + 1
+    return spans
 
 
 @dataclass
@@ -68,9 +70,10 @@ class Polysemy(Task):
     sentence 2), labelled with whether the word of sentence 2 has the sense of sentence 1.
     ``source=coarsewsd`` loads one CoarseWSD-20 split, labelled with the sense id.
 
-    Readouts sit on the ambiguous word (step 0; in sentence 2 for WiC) and on each of the
-    next ``n_after`` words or punctuation marks (step k for the k-th), all labelled with the
-    sense, so that a probe shows from which layer later tokens can read it.
+    Readouts sit on the ambiguous word (step 0, in sentence 2 for WiC) and on each of the
+    next ``n_after`` words or punctuation marks (step k for the k-th). In loaded files
+    these are the data set's space-separated words. All readouts carry the sense, so that
+    a probe shows from which layer later tokens can read it.
     """
 
     name = "polysemy"
@@ -140,27 +143,40 @@ class Polysemy(Task):
                                                                else 0, kv[0])))
         return ordered, examples
 
-    def _mark_word_and_after(self, text: str, word: Span, label: int) -> list:
+    def _mark_word_and_after(self, text: str, word: Span, after: list[Span],
+                             label: int) -> list:
         builder = TextBuilder()
         builder.add(text)
         builder.mark(word, label, 0)
-        for step, span in enumerate(word_spans(text, word.end)[: self.n_after], start=1):
+        for step, span in enumerate(after[: self.n_after], start=1):
             builder.mark(span, label, step)
         return builder.readouts
+
+    def _space_tokenized(self, text: str, sentence: str, offset: int, index: int,
+                         label: int) -> list:
+        """Mark word ``index`` of a space-tokenized sentence and the sentence's later words.
+
+        The later readouts sit on the data set's own words, because a word such as "n't"
+        contains a punctuation mark that some tokenizers do not split off.
+        """
+        spans = _space_word_spans(sentence, offset)
+        return self._mark_word_and_after(text, spans[index], spans[index + 1:], label)
 
     def _wic_example(self, pair: WicPair) -> TextExample:
         first, second = pair.sentences
         text = f"{first} {second}"
-        span = _word_span(second, pair.positions[1], len(first) + 1)
-        readouts = self._mark_word_and_after(text, span, int(pair.same_sense))
-        meta = {"line": pair.line, "lemma": pair.lemma, "word": text[span.start:span.end]}
+        readouts = self._space_tokenized(text, second, len(first) + 1, pair.positions[1],
+                                         int(pair.same_sense))
+        word = readouts[0].span
+        meta = {"line": pair.line, "lemma": pair.lemma, "word": text[word.start:word.end]}
         return TextExample(text, readouts, pair.line, meta)
 
     def _coarse_example(self, example: SenseExample) -> TextExample:
-        span = _word_span(example.sentence, example.position, 0)
         label = list(self._coarse[0]).index(example.sense)
-        readouts = self._mark_word_and_after(example.sentence, span, label)
-        meta = {"line": example.line, "word": example.sentence[span.start:span.end]}
+        readouts = self._space_tokenized(example.sentence, example.sentence, 0,
+                                         example.position, label)
+        word = readouts[0].span
+        meta = {"line": example.line, "word": example.sentence[word.start:word.end]}
         return TextExample(example.sentence, readouts, example.line, meta)
 
     # --------------------------------------------------------------- generator
@@ -177,7 +193,7 @@ class Polysemy(Task):
         word = builder.add_word(f" {entry.target}", entry.word)
         builder.add(f"{tail}. {second}: {entry.question}")
         text = builder.text
-        readouts = self._mark_word_and_after(text, word, sense)
+        readouts = self._mark_word_and_after(text, word, word_spans(text, word.end), sense)
         meta = {"cue": cue, "sense": entry.senses[sense], "word": entry.word}
         return TextExample(text, readouts, group, meta)
 

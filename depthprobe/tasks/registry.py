@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 from .base import Task
+from .boxes import Boxes
+from .jsonl import JsonlTask
+from .location import Location
+from .number_guess import NumberGuess
+from .parity import Parity
+from .permutation import Permutation
+from .polysemy import Polysemy
 from .shell_game import ShellGame
+from .two_hop import TwoHop
 
-TASKS: dict[str, type[Task]] = {ShellGame.name: ShellGame}
+TASKS: dict[str, type[Task]] = {
+    task.name: task
+    for task in (ShellGame, Parity, Permutation, Location, Boxes, Polysemy, NumberGuess,
+                 TwoHop, JsonlTask)
+}
 
 
 def get_task(name: str) -> type[Task]:

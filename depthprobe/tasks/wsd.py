@@ -5,7 +5,7 @@ WiC (Pilehvar and Camacho-Collados 2019): ``NAME.data.txt`` has lines
 0-based positions of the target word in each space-tokenized sentence, and
 ``NAME.gold.txt`` has ``T`` (same sense) or ``F`` on the matching line.
 
-CoarseWSD-20 (Loureiro et al. 2021): a folder per word holds ``classes_map.txt`` (a JSON
+CoarseWSD-20 (Loureiro et al. 2021): a folder per word contains ``classes_map.txt`` (a JSON
 object from sense id to sense name), ``SPLIT.data.txt`` with lines
 ``position<TAB>lowercased tokenized sentence`` and ``SPLIT.gold.txt`` with one sense id
 per line.
