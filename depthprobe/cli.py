@@ -193,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     tasks.add_argument("-v", "--verbose", action="store_true", help="also list each task's options")
     tasks.set_defaults(handler=_tasks)
     _add_plot_parser(subparsers)
+    _add_lens_parser(subparsers)
+    _add_patchscope_parser(subparsers)
     return parser
 
 
@@ -239,6 +241,111 @@ def _plot(args) -> int:
     except BrowserNotFoundError as error:
         print(f"depthprobe plot: error: {error}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _layer_list(text: str) -> list[int] | None:
+    return None if text.lower() == "all" else [int(item) for item in _comma_list(text)]
+
+
+def _add_model_arguments(parser) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"bundled name ({', '.join(BUNDLED_MODELS)}), local folder, GGUF "
+                             f"file or hub id (default: {DEFAULT_MODEL})")
+    parser.add_argument("--dtype", default="float32",
+                        choices=["float32", "bfloat16", "float16", "auto"],
+                        help="model dtype (default: float32)")
+    parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0")
+
+
+def _add_lens_parser(subparsers) -> None:
+    lens = subparsers.add_parser(
+        "lens", help="print the logit lens's top tokens per layer at each position",
+        description="Apply the final norm and unembedding (or a saved tuned lens) to every "
+                    "layer's residual at every position of a text, and print the top next "
+                    "tokens with their probabilities.")
+    _add_model_arguments(lens)
+    lens.add_argument("--text", required=True, help="the text to read")
+    lens.add_argument("--top", type=int, default=3, help="tokens per layer (default: 3)")
+    lens.add_argument("--layers", type=_layer_list, default=None,
+                      help="comma-separated layers, 0 = embeddings (default: all)")
+    lens.add_argument("--tuned-lens", default=None, metavar="FOLDER",
+                      help="folder of a saved tuned lens to use instead of the logit lens")
+    lens.set_defaults(handler=_lens)
+
+
+def _lens(args) -> int:
+    from .methods import LogitLens, TunedLens, top_tokens
+    from .models import load_model
+
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    lens = TunedLens.load(args.tuned_lens, loaded) if args.tuned_lens else LogitLens(loaded)
+    table = top_tokens(loaded, args.text, k=args.top, layers=args.layers, lens=lens)
+    for (position, token), rows in table.groupby(["position", "token"], sort=True):
+        print(f"position {position} {token!r}")
+        for layer, ranked in rows.groupby("layer", sort=True):
+            cells = " | ".join(f"{r.predicted!r} {r.probability:.2f}"
+                               for r in ranked.itertuples())
+            print(f"  layer {layer:>3}: {cells}")
+    return 0
+
+
+def _add_patchscope_parser(subparsers) -> None:
+    from .methods.patchscope import TARGET_PROMPTS
+
+    scope = subparsers.add_parser(
+        "patchscope", help="decode a hidden state through a target prompt, per layer",
+        description="Write the residual of the source text at one position into a target "
+                    "prompt and print what the model predicts and generates, per source "
+                    "layer; also write the source-layer by target-layer grid as HTML.")
+    _add_model_arguments(scope)
+    scope.add_argument("--source", required=True, help="the source text")
+    scope.add_argument("--position", type=int, default=-1,
+                       help="source token position; negative counts from the end (default: -1)")
+    scope.add_argument("--target", default="identity",
+                       help=f"built-in target ({', '.join(TARGET_PROMPTS)}) or a prompt that "
+                            f"marks the position to patch with {{x}} (default: identity)")
+    scope.add_argument("--layers", type=_layer_list, default=None,
+                       help="comma-separated source layers, 0 = embeddings (default: all)")
+    scope.add_argument("--expected", default=None,
+                       help="answer whose probability is reported (default: the source token)")
+    scope.add_argument("--new-tokens", type=int, default=5,
+                       help="tokens to generate with the write kept in place (default: 5)")
+    scope.add_argument("--batch-size", type=int, default=16,
+                       help="patched prompts per forward pass (default: 16)")
+    scope.add_argument("--no-grid", action="store_true",
+                       help="skip the grid, which takes (layers)^2 patched runs")
+    scope.add_argument("-o", "--output", default="patchscope-grid.html",
+                       help="HTML file for the grid figure (default: patchscope-grid.html)")
+    scope.add_argument("-q", "--quiet", action="store_true", help="hide progress bars")
+    scope.set_defaults(handler=_patchscope)
+
+
+def _patchscope(args) -> int:
+    from .methods import patchscope, patchscope_grid
+    from .methods.patchscope import target_prompt
+    from .models import load_model
+    from .plots import write_html
+
+    target_prompt(args.target)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be 1 or more, got {args.batch_size}.")
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    result = patchscope(loaded, args.source, args.position, args.target,
+                        source_layers=args.layers, expected=args.expected,
+                        max_new_tokens=args.new_tokens, batch_size=args.batch_size,
+                        progress=not args.quiet)
+    print(f"source token {result.source_token!r} at position {result.source_position}, "
+          f"decoded through {result.target.rendered!r}; p = probability of "
+          f"{result.expected!r}")
+    for row in result.decoded().itertuples():
+        print(f"  layer {row.source_layer:>3}: {row.top_token!r:<14} p = {row.p_expected:.3f}"
+              f"   generated: {row.generated!r}")
+    if not args.no_grid:
+        grid = patchscope_grid(loaded, args.source, args.position, args.target,
+                               layers=args.layers, expected=args.expected,
+                               batch_size=args.batch_size, progress=not args.quiet)
+        print(f"grid figure: {write_html(grid.figure(), args.output)}")
     return 0
 
 

@@ -17,8 +17,10 @@ import pandas as pd
 from .capture import capture_residuals
 from .depth import Cascade, DepthRule, cascade
 from .methods import METHODS, MethodContext, behaviour_answers, behaviour_by_step, control_labels
+from .methods.agreement import agreement_lines, depth_agreement
 from .methods.base import get_method
 from .methods.probe import check_probe_data
+from .methods.transformer_lens import as_loaded_model
 from .models import DEFAULT_MODEL, LoadedModel, check_model_name, load_model
 from .plots import cascade_figure, write_html, write_static
 from .scores import write_table
@@ -202,6 +204,8 @@ class RunResult:
             exhaustion = ("none within the steps run" if result.exhaustion_step is None
                           else f"step {result.exhaustion_step}")
             lines.append(f"  exhaustion step: {exhaustion}")
+        if "agreement" in self.manifest:
+            lines.extend(agreement_lines(self.manifest["agreement"]))
         if self.behaviour is not None:
             chance = self.behaviour["chance"].iloc[0]
             lines.append(f"model accuracy per step (chance {chance:.2f}): " + ", ".join(
@@ -237,8 +241,9 @@ def run(config: RunConfig | None = None, model: LoadedModel | None = None, **ove
         ) -> RunResult:
     """Run the main job and write its outputs; return a :class:`RunResult`.
 
-    Pass ``model`` to reuse an already loaded model (its name must match
-    ``config.model`` for the manifest to be right). Keyword overrides update ``config``.
+    Pass ``model`` (a :class:`LoadedModel` or a TransformerLens ``TransformerBridge``) to
+    reuse an already loaded model (its name must match ``config.model`` for the manifest
+    to be right). Keyword overrides update ``config``.
     """
     config = dataclasses.replace(config or RunConfig(), **overrides)
     timings = {}
@@ -255,7 +260,8 @@ def run(config: RunConfig | None = None, model: LoadedModel | None = None, **ove
     timings["task"] = time.perf_counter() - started
 
     mark = time.perf_counter()
-    loaded = model or load_model(config.model, dtype=config.dtype, device=config.device)
+    loaded = (as_loaded_model(model) if model is not None
+              else load_model(config.model, dtype=config.dtype, device=config.device))
     timings["load_model"] = time.perf_counter() - mark
     manifest = {
         "settings": config.settings(),
@@ -289,6 +295,10 @@ def run(config: RunConfig | None = None, model: LoadedModel | None = None, **ove
     scores, readout_scores, cascades = _score_methods(config, context, out_dir, timings)
     depths = pd.concat([c.table for c in cascades.values()], ignore_index=True)
     write_table(depths, out_dir / "depth.csv")
+    if len(cascades) > 1:
+        agreement = depth_agreement(cascades)
+        write_table(agreement.table, out_dir / "agreement.csv")
+        manifest["agreement"] = agreement.summary()
 
     behaviour = None
     if config.behaviour:
