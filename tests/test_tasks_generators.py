@@ -323,6 +323,16 @@ def test_registry_lists_every_task():
         assert task.state_variable
         assert task.step_meaning
         assert all(option.help for option in task.options())
+        if task.steps_option is not None:
+            assert task.steps_option in {option.name for option in task.options()}
+
+
+@pytest.mark.parametrize("name", ["parity", "permutation", "location", "boxes", "polysemy",
+                                  "number-guess"])
+def test_steps_option_sets_max_step(name):
+    option = TASKS[name].steps_option
+    task = make_task(name, n_stories="10", **{option: "3"})
+    assert max(r.step for e in task.text_examples() for r in e.readouts) == 3
 
 
 def test_unknown_option_lists_valid_ones():

@@ -73,6 +73,9 @@ class Task(ABC):
     state_variable: ClassVar[str]
     step_meaning: ClassVar[str]
     readout_meaning: ClassVar[str]
+    # The option that sets how many steps a generated text has, for a shared --steps flag;
+    # None where the task has no such option.
+    steps_option: ClassVar[str | None] = None
 
     @property
     @abstractmethod

@@ -220,6 +220,7 @@ class Boxes(Task):
     state_variable = "the contents of the queried box"
     step_meaning = "number of operations so far that changed the queried box"
     readout_meaning = "the period after the description and each operation, and the final 'contains'"
+    steps_option = "n_operations"
 
     path: str = field(default="", metadata={
         "help": "boxes JSONL file (sentence, masked_content, sample_id, numops); empty "

@@ -45,6 +45,7 @@ class Location(Task):
     state_variable = "the current location of the tracked person or item"
     step_meaning = "number of statements so far that set the entity's location"
     readout_meaning = "the period of each statement, from the entity's first placement on"
+    steps_option = "n_updates"
 
     path: str = field(default="", metadata={
         "help": "bAbI task 1-3 file (e.g. qa1_single-supporting-fact_test.txt); empty "

@@ -32,6 +32,7 @@ class NumberGuess(Task):
     state_variable = "the interval of numbers consistent with the answers, as a midpoint bucket"
     step_meaning = "number of answers so far, from 1"
     readout_meaning = "the period after each 'Higher' or 'Lower'"
+    steps_option = "n_guesses"
 
     n_stories: int = field(default=300, metadata={"help": "number of dialogs"})
     n_guesses: int = field(default=6, metadata={"help": "guesses per dialog (steps)"})

@@ -26,6 +26,7 @@ class Parity(Task):
     state_variable = "parity of the number of 1s read so far (even or odd)"
     step_meaning = "number of bits read so far, from 1"
     readout_meaning = "each bit"
+    steps_option = "n_bits"
 
     n_stories: int = field(default=300, metadata={"help": "number of bit sequences"})
     n_bits: int = field(default=12, metadata={"help": "bits per sequence (steps 1..n_bits)"})

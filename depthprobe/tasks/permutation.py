@@ -41,6 +41,7 @@ class Permutation(Task):
     state_variable = "composition of the actions so far (or its parity, with target=parity)"
     step_meaning = "number of actions applied so far, from 1"
     readout_meaning = "the comma after each action, and the period after the last"
+    steps_option = "n_actions"
 
     n_stories: int = field(default=300, metadata={"help": "number of action sequences"})
     n_actions: int = field(default=8, metadata={"help": "actions per sequence (steps)"})

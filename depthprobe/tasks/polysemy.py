@@ -82,6 +82,7 @@ class Polysemy(Task):
                       "sense of sentence 1)")
     step_meaning = "words or punctuation marks since the ambiguous word (0 at the word)"
     readout_meaning = "the ambiguous word and each of the next n_after words or marks"
+    steps_option = "n_after"
 
     source: str = field(default="dialog", metadata={
         "help": "'dialog' (generated), 'wic' (Word-in-Context) or 'coarsewsd' (CoarseWSD-20)"})
