@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from ..capture import ResidualRecorder, forward_for_capture, pad_batch
 from ..models.layout import ModelLayout, unembed_residual
 from ..sites import Site
+from .transformer_lens import HookPointBlock
 
 
 @dataclass(frozen=True)
@@ -168,8 +169,8 @@ def run_patched(
     ``shared_prefix`` > 0 declares that every prompt has the same length and the same
     first ``shared_prefix`` tokens, with no write or read before them. Those tokens then
     run once per batch, and the rest of each prompt runs on their key-value cache. The
-    results equal a full run up to floating-point rounding; models whose cache cannot
-    be repeated over a batch run in full.
+    results equal a full run up to floating-point rounding. Models whose cache cannot
+    be repeated over a batch, and TransformerLens bridges, run in full.
     """
     model, tokenizer, layout = loaded
     for index, prompt in enumerate(prompts):
@@ -188,7 +189,7 @@ def run_patched(
     starts = range(0, len(prompts), batch_size)
     for start in tqdm(starts, desc=desc, unit="batch", disable=not progress):
         batch = prompts[start:start + batch_size]
-        cache = _prefix_cache(model, batch[0].input_ids[:shared_prefix], len(batch))
+        cache = _prefix_cache(model, layout, batch[0].input_ids[:shared_prefix], len(batch))
         if cache is None:
             ids, mask, positions, offsets = pad_batch([p.input_ids for p in batch], pad_id,
                                                       side="left")
@@ -235,12 +236,15 @@ def _check_shared_prefix(prompts: Sequence[PatchedPrompt], shared_prefix: int) -
                 f"{min(positions)}.")
 
 
-def _prefix_cache(model, prefix: list[int], n_rows: int):
+def _prefix_cache(model, layout: ModelLayout, prefix: list[int], n_rows: int):
     """Run the shared prefix once and return its key-value cache repeated over the rows.
 
-    Returns ``None`` when there is no prefix or the model's cache cannot be repeated.
+    Returns ``None`` when there is no prefix, the model's cache cannot be repeated, or
+    the model runs through a TransformerLens bridge: with transformer-lens 4.3, a bridge's
+    attention on a key-value cache gives other logits than a full run (measured on a tiny
+    Llama), so bridges always run in full.
     """
-    if not prefix:
+    if not prefix or isinstance(layout.blocks[0], HookPointBlock):
         return None
     device = next(model.parameters()).device
     ids = torch.tensor([prefix], device=device)

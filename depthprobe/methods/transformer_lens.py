@@ -59,12 +59,15 @@ def is_transformer_bridge(model) -> bool:
     return module is not None and isinstance(model, module.TransformerBridge)
 
 
-def loaded_from_bridge(bridge, name: str | None = None) -> LoadedModel:
+def loaded_from_bridge(bridge, name: str | None = None, tokenizer=None) -> LoadedModel:
     """Wrap a ``TransformerBridge`` into a :class:`LoadedModel` that runs through it.
 
     The model is the bridge's HuggingFace model (whose components the bridge replaced),
-    the tokenizer the bridge's, and the layout's blocks are :class:`HookPointBlock`
-    stand-ins; the final norm and unembedding are the bridge's components.
+    and the layout's blocks are :class:`HookPointBlock` stand-ins; the final norm and
+    unembedding are the bridge's components. Texts are tokenized with ``tokenizer``, by
+    default the bridge's own, which TransformerLens sets up to prepend a BOS token
+    (``cfg.default_prepend_bos``), so pass the HuggingFace tokenizer to tokenize as the
+    HuggingFace model does.
     """
     if not is_transformer_bridge(bridge):
         raise TypeError(f"Expected a TransformerLens TransformerBridge, got "
@@ -81,7 +84,7 @@ def loaded_from_bridge(bridge, name: str | None = None) -> LoadedModel:
     layout = dataclasses.replace(layout, blocks=blocks)
     if name is None:
         name = getattr(bridge.cfg, "model_name", None) or type(model).__name__
-    return LoadedModel(model, bridge.tokenizer, layout, name=str(name))
+    return LoadedModel(model, tokenizer or bridge.tokenizer, layout, name=str(name))
 
 
 def as_loaded_model(model) -> LoadedModel:
