@@ -60,6 +60,10 @@ def _add_run_parser(subparsers) -> argparse.ArgumentParser:
                      help=f"cross-validation folds grouped by story (default: {defaults.n_folds})")
     run.add_argument("--probe-c", type=float, default=defaults.probe_c,
                      help="inverse L2 regularisation strength of the probe (default: 1.0)")
+    run.add_argument("--probe-backend", default=defaults.probe_backend,
+                     choices=["torch", "sklearn"],
+                     help="probe implementation: torch fits all layers and folds at once, "
+                          "sklearn one LogisticRegression at a time (default: torch)")
     run.add_argument("--depth-relative", type=float, default=defaults.depth_relative,
                      help="depth threshold as a fraction of the way from chance to the best "
                           "layer (default: 0.8)")
@@ -76,6 +80,9 @@ def _add_run_parser(subparsers) -> argparse.ArgumentParser:
                      choices=["float32", "bfloat16", "float16", "auto"],
                      help="model dtype (default: float32; auto picks bf16 on a GPU with it)")
     run.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0")
+    run.add_argument("--device-map", default=None,
+                     choices=["auto", "balanced", "balanced_low_0", "sequential"],
+                     help="spread the model over all GPUs with accelerate (default: none)")
     run.add_argument("--no-behaviour", action="store_true",
                      help="skip asking the model for the state")
     run.add_argument("--behaviour-stories", type=int, default=defaults.behaviour_stories,
@@ -86,6 +93,14 @@ def _add_run_parser(subparsers) -> argparse.ArgumentParser:
                      help="output folder (default: depthprobe-runs/TASK)")
     run.add_argument("--overwrite", action="store_true",
                      help="replace an output folder that contains a different run")
+    run.add_argument("--store", default=None, metavar="FOLDER",
+                     help="folder of the activation store (default: OUTPUT/activations)")
+    run.add_argument("--store-dtype", default=defaults.store_dtype,
+                     choices=["float32", "bfloat16", "float16"],
+                     help="dtype of the stored residuals (default: float32)")
+    run.add_argument("--resume", action="store_true",
+                     help="keep the verified shards of an interrupted run's activation store "
+                          "and capture only the missing ones")
     run.add_argument("-q", "--quiet", action="store_true", help="hide progress bars")
     run.set_defaults(handler=_run)
     return run
@@ -100,6 +115,8 @@ _RUN_FLAG_FIELDS = {
     "batch_size": "batch_size", "dtype": "dtype", "device": "device", "output": "output_dir",
     "overwrite": "overwrite", "no_behaviour": "behaviour",
     "behaviour_stories": "behaviour_stories", "figures": "figures", "quiet": "progress",
+    "probe_backend": "probe_backend", "device_map": "device_map", "store": "store_dir",
+    "store_dtype": "store_dtype", "resume": "resume",
 }
 
 
@@ -141,7 +158,9 @@ def _run(args) -> int:
         n_boot=args.boot, batch_size=args.batch_size, dtype=args.dtype, device=args.device,
         output_dir=args.output or f"depthprobe-runs/{args.task}", overwrite=args.overwrite,
         behaviour=not args.no_behaviour, behaviour_stories=args.behaviour_stories,
-        figures=args.figures, progress=not args.quiet)
+        figures=args.figures, progress=not args.quiet, probe_backend=args.probe_backend,
+        device_map=args.device_map, store_dir=args.store, store_dtype=args.store_dtype,
+        resume=args.resume)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be 1 or more, got {args.batch_size}.")
     if args.recipe:

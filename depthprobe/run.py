@@ -14,12 +14,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .capture import capture_residuals
+from .capture.store import MANIFEST as STORE_MANIFEST
+from .capture.store import STORE_DTYPES, ActivationStore, capture_to_store, inputs_sha256
 from .depth import Cascade, DepthRule, cascade
 from .methods import METHODS, MethodContext, behaviour_answers, behaviour_by_step, control_labels
 from .methods.agreement import agreement_lines, depth_agreement
 from .methods.base import get_method
 from .methods.probe import check_probe_data
+from .methods.probe_torch import PROBE_BACKENDS
 from .methods.transformer_lens import as_loaded_model
 from .models import DEFAULT_MODEL, LoadedModel, check_model_name, load_model
 from .plots import cascade_figure, write_html, write_static
@@ -30,6 +32,8 @@ from .plots.tables import TOKENS_FILE, token_table
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+STORE_FOLDER = "activations"
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
 @dataclass
@@ -54,6 +58,8 @@ class RunConfig:
     """Cross-validation folds, grouped by story."""
     probe_c: float = 1.0
     """Inverse L2 regularisation strength of the probe's logistic regression."""
+    probe_backend: str = "torch"
+    """Probe implementation: torch (all layers and folds fitted at once) or sklearn."""
     depth_relative: float = 0.8
     """Depth threshold: fraction of the way from chance to the best layer."""
     depth_min_margin: float = 0.1
@@ -68,8 +74,19 @@ class RunConfig:
     """Model dtype: float32, bfloat16, float16 or auto."""
     device: str | None = None
     """Torch device, e.g. cpu or cuda:0 (default: where transformers puts the model)."""
+    device_map: str | None = None
+    """Spread the model over the GPUs with accelerate: auto, balanced, balanced_low_0 or
+    sequential (default: no device map)."""
     output_dir: str = "depthprobe-runs/shell-game"
     """Folder for tables, figures and the manifest."""
+    store_dir: str | None = None
+    """Folder of the activation store (default: ``activations`` in the output folder)."""
+    store_dtype: str = "float32"
+    """Dtype of the stored residuals: float32, bfloat16 or float16."""
+    shard_mb: float = 32.0
+    """Size of one store shard in MB; a killed capture loses at most one shard of work."""
+    resume: bool = False
+    """Keep the verified shards of an interrupted run's store and capture only the rest."""
     overwrite: bool = False
     """Replace a folder that holds a run with different settings."""
     behaviour: bool = True
@@ -87,7 +104,7 @@ class RunConfig:
 
     def settings(self) -> dict:
         """Return the settings that define the results (not where or how they are shown)."""
-        skip = {"output_dir", "overwrite", "progress", "figures"}
+        skip = {"output_dir", "overwrite", "progress", "figures", "store_dir", "resume"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 
@@ -119,8 +136,47 @@ def check_config(config: RunConfig) -> Task:
     check_model_name(config.model)
     config.depth_rule()
     _check_output_dir(config)
+    _check_speed_options(config)
     task = build_task(config)
+    _check_store(config, task)
     return task
+
+
+def _check_speed_options(config: RunConfig) -> None:
+    if config.store_dtype not in STORE_DTYPES:
+        raise ValueError(f"Unknown store dtype {config.store_dtype!r}; choose one of "
+                         f"{', '.join(STORE_DTYPES)}.")
+    if config.probe_backend not in PROBE_BACKENDS:
+        raise ValueError(f"Unknown probe backend {config.probe_backend!r}; choose one of "
+                         f"{', '.join(PROBE_BACKENDS)}.")
+    if config.shard_mb <= 0:
+        raise ValueError(f"The shard size must be positive, got {config.shard_mb} MB.")
+    if config.device_map is not None and config.device_map not in DEVICE_MAPS:
+        raise ValueError(f"Unknown device map {config.device_map!r}; choose one of "
+                         f"{', '.join(DEVICE_MAPS)}.")
+
+
+def store_dir(config: RunConfig) -> Path:
+    """Return the folder of a run's activation store."""
+    return Path(config.store_dir) if config.store_dir else Path(config.output_dir) / STORE_FOLDER
+
+
+def _check_store(config: RunConfig, task: Task) -> None:
+    """Reject, before the model loads, a store folder that holds another model's or task's
+    activations: with ``resume`` it cannot be resumed, and without it only ``overwrite``
+    may replace it. The weight hash and token ids are checked once the model is loaded."""
+    manifest = store_dir(config) / STORE_MANIFEST
+    if not manifest.is_file() or (config.overwrite and not config.resume):
+        return
+    identity = json.loads(manifest.read_text()).get("identity", {})
+    stored = (identity.get("model", {}).get("name"), identity.get("task"))
+    requested = (config.model, json.loads(json.dumps(task.settings(), default=str)))
+    if stored != requested:
+        raise ValueError(
+            f"The activation store at {store_dir(config)} contains residuals of model "
+            f"{stored[0]!r} on task settings {stored[1]}, but this run uses model "
+            f"{requested[0]!r} on {requested[1]}; choose another folder with --store, or "
+            f"pass --overwrite (without --resume) to replace it.")
 
 
 def _check_output_dir(config: RunConfig) -> None:
@@ -261,7 +317,8 @@ def run(config: RunConfig | None = None, model: LoadedModel | None = None, **ove
 
     mark = time.perf_counter()
     loaded = (as_loaded_model(model) if model is not None
-              else load_model(config.model, dtype=config.dtype, device=config.device))
+              else load_model(config.model, dtype=config.dtype, device=config.device,
+                              device_map=config.device_map))
     timings["load_model"] = time.perf_counter() - mark
     manifest = {
         "settings": config.settings(),
@@ -279,7 +336,7 @@ def run(config: RunConfig | None = None, model: LoadedModel | None = None, **ove
     examples = align_examples(text_examples, loaded.tokenizer)
     features = None
     if any(get_method(m).needs_features for m in config.methods):
-        features = _capture(config, loaded, examples, timings)
+        features = _capture(config, loaded, task, examples, timings, manifest)
 
     keys = [(ex.input_ids[r.position], ex.input_ids[r.position - 1] if r.position else -1)
             for ex in examples for r in ex.readouts]
@@ -291,7 +348,8 @@ def run(config: RunConfig | None = None, model: LoadedModel | None = None, **ove
         steps=steps, groups=groups,
         control=control_labels(keys, task.n_classes, seed=config.seed),
         n_folds=config.n_folds, batch_size=config.batch_size, seed=config.seed,
-        progress=config.progress, options={"probe_c": config.probe_c})
+        progress=config.progress,
+        options={"probe_c": config.probe_c, "probe_backend": config.probe_backend})
     scores, readout_scores, cascades = _score_methods(config, context, out_dir, timings)
     depths = pd.concat([c.table for c in cascades.values()], ignore_index=True)
     write_table(depths, out_dir / "depth.csv")
@@ -330,15 +388,31 @@ def run(config: RunConfig | None = None, model: LoadedModel | None = None, **ove
     return result
 
 
-def _capture(config: RunConfig, loaded: LoadedModel, examples, timings: dict):
+def _capture(config: RunConfig, loaded: LoadedModel, task: Task, examples, timings: dict,
+             manifest: dict) -> ActivationStore:
+    """Stream the residuals of every layer at every readout into the activation store."""
     mark = time.perf_counter()
-    features = capture_residuals(
-        loaded.model, loaded.layout, [ex.input_ids for ex in examples],
-        [[r.position for r in ex.readouts] for ex in examples],
-        batch_size=config.batch_size, pad_token_id=loaded.tokenizer.pad_token_id or 0,
-        progress=config.progress)
+    sequences = [ex.input_ids for ex in examples]
+    positions = [[r.position for r in ex.readouts] for ex in examples]
+    identity = {
+        "model": {"name": config.model, "weights_sha256": loaded.weights_hash,
+                  "dtype": str(loaded.dtype).replace("torch.", "")},
+        "task": task.settings(),
+        "capture": {"batch_size": config.batch_size, "padding_side": "right",
+                    "inputs_sha256": inputs_sha256(sequences, positions)},
+    }
+    store = ActivationStore.open_or_create(
+        store_dir(config), identity, list(range(loaded.layout.n_layers + 1)),
+        loaded.layout.d_model, [len(p) for p in positions], dtype=config.store_dtype,
+        shard_mb=config.shard_mb, resume=config.resume)
+    kept = len(store.finished_shards())
+    capture_to_store(loaded.model, loaded.layout, sequences, positions, store,
+                     batch_size=config.batch_size,
+                     pad_token_id=loaded.tokenizer.pad_token_id or 0, progress=config.progress)
+    manifest["store"] = {"folder": str(store.folder), "dtype": config.store_dtype,
+                         "shards": len(store.shards), "shards_kept": kept}
     timings["capture"] = time.perf_counter() - mark
-    return features
+    return store
 
 
 def _score_methods(config: RunConfig, context: MethodContext, out_dir: Path, timings: dict):

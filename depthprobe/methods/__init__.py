@@ -6,6 +6,7 @@ Importing this package registers every built-in method in :data:`METHODS`.
 from .base import METHODS, MethodContext, MethodSpec, get_method, register_method
 from .behaviour import behaviour_answers, behaviour_by_step
 from .probe import LinearProbe, control_labels, probe_scores
+from .probe_torch import PROBE_BACKENDS, BatchedLinearProbe, probe_scores_torch
 from .lens import LogitLens, top_tokens
 from .tuned_lens import TunedLens
 from .patchscope import TARGET_PROMPTS, TargetPrompt, patchscope, patchscope_grid
@@ -18,4 +19,5 @@ __all__ = ["METHODS", "LinearProbe", "MethodContext", "MethodSpec", "behaviour_a
            "register_method",
            "LogitLens", "TARGET_PROMPTS", "TargetPrompt", "TunedLens", "as_loaded_model",
            "backpatch", "depth_agreement", "interchange", "interchange_sweep",
-           "loaded_from_bridge", "patchscope", "patchscope_grid", "top_tokens"]
+           "loaded_from_bridge", "patchscope", "patchscope_grid", "top_tokens",
+           "BatchedLinearProbe", "PROBE_BACKENDS", "probe_scores_torch"]
