@@ -203,7 +203,7 @@ def simulate_boxes(text):
 
 @pytest.mark.parametrize("box", [0, 3, -1])
 def test_boxes_labels_match_replay(box):
-    task = Boxes(box=box, n_stories=40, seed=5)
+    task = Boxes(box=box, n_stories=40, seed=5, min_readouts=0)
     names = task.class_names
     queried = set()
     for example in task.text_examples():
@@ -216,8 +216,20 @@ def test_boxes_labels_match_replay(box):
     assert queried == ({box} if box >= 0 else set(range(5)))
 
 
+def test_boxes_drops_sparse_steps():
+    every = Boxes(n_stories=30, min_readouts=0).text_examples()
+    counts = {}
+    for example in every:
+        for readout in example.readouts:
+            counts[readout.step] = counts.get(readout.step, 0) + 1
+    kept = Boxes(n_stories=30, min_readouts=25).text_examples()
+    steps = {readout.step for example in kept for readout in example.readouts}
+    assert steps == {step for step, count in counts.items() if count >= 25}
+    assert steps != set(counts)
+
+
 def test_boxes_query_only_readouts():
-    task = Boxes(readout_at="query", n_stories=10)
+    task = Boxes(readout_at="query", n_stories=10, min_readouts=0)
     for example in task.text_examples():
         assert [span_text(example, r) for r in example.readouts] == ["contains"]
         query = task.behaviour_queries(example)[0]
@@ -331,7 +343,8 @@ def test_registry_lists_every_task():
                                   "number-guess"])
 def test_steps_option_sets_max_step(name):
     option = TASKS[name].steps_option
-    task = make_task(name, n_stories="10", **{option: "3"})
+    extra = {"min_readouts": "0"} if name == "boxes" else {}
+    task = make_task(name, n_stories="10", **{option: "3"}, **extra)
     assert max(r.step for e in task.text_examples() for r in e.readouts) == 3
 
 

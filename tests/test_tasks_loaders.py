@@ -67,13 +67,35 @@ def test_babi_default_entity_is_most_asked():
                     for line in BABI_QA1.read_text().splitlines() if "\t" in line)
     top = min(asked, key=lambda name: (-asked[name], name))
     assert {e.meta["entity"] for e in examples} == {top}
-    assert len(examples) == 200
+
+    # One example per story in which the entity moves; the others have no readouts.
+    moving, story = set(), -1
+    for line in BABI_QA1.read_text().splitlines():
+        number, sentence = line.split(" ", 1)
+        story += number == "1"
+        if sentence.startswith(top + " "):
+            moving.add(story)
+    assert sorted(e.group for e in examples) == sorted(moving)
+
+
+@needs_babi
+def test_babi_sparse_steps_dropped():
+    every = Location(path=str(BABI_QA1), min_readouts=0)
+    counts = Counter(r.step for e in every.text_examples() for r in e.readouts)
+    assert min(counts.values()) < 20
+    task = Location(path=str(BABI_QA1))
+    examples = task.text_examples()
+    kept = Counter(r.step for e in examples for r in e.readouts)
+    assert kept == {step: count for step, count in counts.items() if count >= 20}
+    for example in examples:
+        for guesses in task.shortcuts(example).values():
+            assert len(guesses) == len(example.readouts)
 
 
 @needs_babi
 def test_babi_readouts_agree_with_answers():
     """At each question, the last readout so far carries the file's answer."""
-    task = Location(path=str(BABI_QA1), entity="*")
+    task = Location(path=str(BABI_QA1), entity="*", min_readouts=0)
     stories = parse_babi(BABI_QA1)
     for example in task.text_examples():
         story = stories[example.group]
@@ -138,7 +160,7 @@ def test_babi_task2_and_task3_lines(tmp_path):
             "7 Where is the milk? \tkitchen\t4 5\n"
             "8 Where was the milk before the kitchen? \tbathroom\t2 4 5\n")
     path = write(tmp_path, "qa3.txt", text)
-    task = Location(path=str(path))
+    task = Location(path=str(path), min_readouts=0)
     (example,) = task.text_examples()
     assert example.meta["entity"] == "milk"
     assert [(task.class_names[r.label], r.step) for r in example.readouts] == \
@@ -262,7 +284,7 @@ def test_boxes_loader_replays_operations(tmp_path):
                    f"from Box 2. Box 0 contains nothing.", "nothing", numops=1),
     ]
     path = write(tmp_path, "boxes.jsonl", "\n".join(lines) + "\n")
-    task = Boxes(path=str(path), box=2)
+    task = Boxes(path=str(path), box=2, min_readouts=0)
     examples = task.text_examples()
     assert len(examples) == 3
     assert examples[-1].text.endswith("from Box 2. Box 2 contains")
@@ -275,7 +297,7 @@ def test_boxes_loader_replays_operations(tmp_path):
     assert [names[e.readouts[-1].label] for e in examples] == [
         "the bag and the machine", "the bag and the car and the machine", "the car"]
     assert task.behaviour_queries(examples[0]) == []  # multi-object states
-    every = Boxes(path=str(path), box=-1)
+    every = Boxes(path=str(path), box=-1, min_readouts=0)
     assert len(every.text_examples()) == 4
 
 

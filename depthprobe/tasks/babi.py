@@ -219,6 +219,6 @@ def parse_babi(path: Path) -> list[Story]:
         world.apply(statement)
 
     if not stories:
-        problems.add(1, "ID", "the file holds no bAbI lines")
+        problems.add(1, "ID", "the file contains no bAbI lines")
     problems.raise_if_any()
     return stories

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import random
 import re
 from dataclasses import dataclass, field
 
 from .base import BehaviourQuery, Task, TextExample
-from .files import ProblemLog, existing_file, read_lines
+from .files import ProblemLog, drop_sparse_steps, existing_file, read_lines
 from .text import TextBuilder
+
+logger = logging.getLogger(__name__)
 
 OBJECTS = ("apple", "key", "ball", "book", "coin", "cup", "pen", "ring", "shoe", "watch",
            "bell", "map", "hat", "fan", "bag", "lamp", "toy", "egg", "doll", "clock")
@@ -141,7 +144,7 @@ def parse_boxes_file(path) -> list[BoxesLine]:
         if item is not None:
             parsed.append(item)
     if not parsed and not problems:
-        problems.add(1, "(line)", "the file holds no JSON lines")
+        problems.add(1, "(line)", "the file contains no JSON lines")
     problems.raise_if_any()
     return parsed
 
@@ -236,6 +239,9 @@ class Boxes(Task):
     n_operations: int = field(default=6, metadata={"help": "operations per generated story"})
     touch_rate: float = field(default=0.6, metadata={
         "help": "generated stories: chance that an operation involves the queried box"})
+    min_readouts: int = field(default=20, metadata={
+        "help": "drop the readouts of steps with fewer readouts than this in all (a "
+                "probe per step needs enough); 0 keeps all"})
     seed: int = field(default=0, metadata={"help": "random seed of the generator"})
 
     def check(self) -> None:
@@ -350,9 +356,11 @@ class Boxes(Task):
                 key = (item.sample_id, item.box)
                 if key not in longest or len(item.operations) > len(longest[key].operations):
                     longest[key] = item
-            return [self.render(item.initial, item.operations, item.box, item.sample_id,
-                                operation_readouts=longest[(item.sample_id, item.box)] is item)
-                    for item in self._lines]
+            examples = [self.render(item.initial, item.operations, item.box, item.sample_id,
+                                    operation_readouts=longest[(item.sample_id, item.box)]
+                                    is item)
+                        for item in self._lines]
+            return drop_sparse_steps(examples, self.min_readouts, logger)
 
         rng = random.Random(self.seed)
         examples = []
@@ -360,7 +368,7 @@ class Boxes(Task):
             target = self.box if self.box >= 0 else rng.randrange(self.n_boxes)
             initial, operations = self._generate(rng, target)
             examples.append(self.render(initial, operations, target, index))
-        return examples
+        return drop_sparse_steps(examples, self.min_readouts, logger)
 
     def behaviour_queries(self, example: TextExample) -> list[BehaviourQuery]:
         """Ask "What is in Box k?" when every state is one object or nothing."""

@@ -7,6 +7,7 @@ runs on a partly valid file.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,7 +78,7 @@ def existing_file(path: str, option: str = "path", what: str = "data file") -> P
 def data_file_in(path: str, suffix: str, option: str = "path", what: str = "data file") -> Path:
     """Resolve ``path`` to one file ending in ``suffix``, or to the only such file in a folder.
 
-    Raises ``FileNotFoundError`` when nothing matches and ``ValueError`` when a folder holds
+    Raises ``FileNotFoundError`` when nothing matches and ``ValueError`` when a folder contains
     several candidates, listing them so that the user can pass one.
     """
     if not path:
@@ -87,13 +88,13 @@ def data_file_in(path: str, suffix: str, option: str = "path", what: str = "data
         matches = sorted(resolved.glob(f"*{suffix}"))
         if not matches:
             raise FileNotFoundError(
-                f"The folder {str(resolved)!r} (task option {option}) holds no *{suffix} "
+                f"The folder {str(resolved)!r} (task option {option}) contains no *{suffix} "
                 f"file; point {option} at the {what}."
             )
         if len(matches) > 1:
             names = ", ".join(match.name for match in matches)
             raise ValueError(
-                f"The folder {str(resolved)!r} holds several *{suffix} files ({names}); "
+                f"The folder {str(resolved)!r} contains several *{suffix} files ({names}); "
                 f"set {option} to one of them."
             )
         return matches[0]
@@ -103,3 +104,24 @@ def data_file_in(path: str, suffix: str, option: str = "path", what: str = "data
 def read_lines(path: Path) -> list[str]:
     """Read a UTF-8 text file as lines without their line endings."""
     return path.read_text(encoding="utf-8").splitlines()
+
+
+def drop_sparse_steps(examples: list, min_readouts: int, logger) -> list:
+    """Drop the readouts of steps that have fewer than ``min_readouts`` readouts in all.
+
+    Loaded files reach high steps in a few stories only, too few for a per-step probe.
+    Examples without readouts are dropped too, whatever ``min_readouts`` is; ``logger``
+    records the dropped steps.
+    """
+    counts = Counter(readout.step for example in examples for readout in example.readouts)
+    sparse = sorted(step for step, count in counts.items() if count < min_readouts)
+    kept = []
+    for example in examples:
+        example.readouts = [r for r in example.readouts if r.step not in sparse]
+        if example.readouts:
+            kept.append(example)
+    if sparse:
+        logger.info("Dropped the readouts of steps %s (%d readouts), which have fewer than %d "
+                    "each; set min_readouts=0 to keep them.", sparse,
+                    sum(counts[step] for step in sparse), min_readouts)
+    return kept

@@ -125,7 +125,7 @@ def read_jsonl(path: Path) -> list[dict]:
         problems.add(first_int, "readouts[].label", "mixes integer labels with the string "
                                                     "labels of other lines; use one kind")
     if not records and not problems:
-        problems.add(1, "(line)", f"the file holds no JSON lines; expected {FORMAT}")
+        problems.add(1, "(line)", f"the file contains no JSON lines; expected {FORMAT}")
     problems.raise_if_any()
     return records
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from .babi import DROP_VERBS, MOVE_VERBS, TAKE_VERBS, Statement, Story, World, parse_babi, \
     parse_statement
 from .base import BehaviourQuery, Task, TextExample
-from .files import existing_file
+from .files import drop_sparse_steps, existing_file
 from .text import TextBuilder
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class Location(Task):
     statements as the text, drops the question lines and turns them into behaviour queries.
 
     Readouts sit on the period of every statement from the one that first places the
-    entity, labelled with its location; the step counts the statements so far that set its
+    entity, labelled with its location. The step counts the statements so far that set its
     location (see :class:`~depthprobe.tasks.babi.World`). The text does not name the
     tracked entity, so a probe learns one entity's location: ``entity`` picks it.
     """
@@ -63,6 +63,9 @@ class Location(Task):
         "help": "generated stories: moves of other people after each update"})
     handover_rate: float = field(default=0.3, metadata={
         "help": "generated task 2: chance that the item changes hands before a move"})
+    min_readouts: int = field(default=20, metadata={
+        "help": "drop the readouts of steps with fewer readouts than this in all (a "
+                "probe per step needs enough); 0 keeps all"})
     seed: int = field(default=0, metadata={"help": "random seed of the generator"})
     answer_prefix: str = field(default=DEFAULT_ANSWER_PREFIX, metadata={
         "help": "text after a question that the model continues with the place"})
@@ -234,9 +237,10 @@ class Location(Task):
     def text_examples(self) -> list[TextExample]:
         self.check()
         if self.path:
-            return [self.render(story.statements, entity, story.index,
-                                {"first_line": story.first_line})
-                    for story in self._stories for entity in self._tracked_entities(story)]
+            examples = [self.render(story.statements, entity, story.index,
+                                    {"first_line": story.first_line})
+                        for story in self._stories for entity in self._tracked_entities(story)]
+            return drop_sparse_steps(examples, self.min_readouts, logger)
 
         entity = self.entity or ("Mary" if self.babi_task == 1 else "football")
         rng = random.Random(self.seed)
@@ -275,16 +279,20 @@ class Location(Task):
     def shortcuts(self, example: TextExample) -> dict[str, list[int | None]]:
         places = self.class_names
         entity = example.meta["entity"]
-        last_named: list[int | None] = []
-        first: list[int | None] = []
+        last_named: dict[int, int] = {}
+        first: dict[int, int] = {}
         world = World()
         named = None
+        end = -1
         for text in example.meta["statements"]:
+            end += len(text) + 1  # each statement is joined to the next by one space
             statement = parse_statement(text)
             world.apply(statement)
             if statement.kind == "move":
                 named = places.index(statement.target)
             if world.location(entity) is not None:
-                last_named.append(named)
-                first.append(places.index(world.history[entity][0]))
-        return {"last place named": last_named, "first place of the entity": first}
+                last_named[end] = named
+                first[end] = places.index(world.history[entity][0])
+        ends = [readout.span.end for readout in example.readouts]
+        return {"last place named": [last_named[end] for end in ends],
+                "first place of the entity": [first[end] for end in ends]}

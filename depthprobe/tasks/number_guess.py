@@ -19,7 +19,7 @@ class NumberGuess(Task):
     stops early when only the secret is left. The period after each answer carries a
     readout labelled with the bucket of the interval's midpoint (``n_buckets`` equal
     ranges of ``low..high``); the step counts the answers. The counterfactual flips the
-    last answer; it is ``None`` where the other side of the last guess holds no number.
+    last answer; it is ``None`` where the other side of the last guess contains no number.
 
     The behaviour query does not score the model's own next guess, because a number spans
     several tokens on the bundled tokenizers and a query is scored on one next-token

@@ -58,7 +58,7 @@ class TwoHop(Task):
                query: int, group) -> TextExample:
         """Write the facts in order and the query about ``first_hop[query]``.
 
-        ``first_hop`` holds (subject, relation, bridge) and ``second_hop`` (bridge, city);
+        ``first_hop`` contains (subject, relation, bridge) and ``second_hop`` (bridge, city);
         the labels follow from looking the queried subject up in them.
         """
         builder = TextBuilder()

@@ -139,7 +139,7 @@ def read_coarse_wsd(data_path: Path) -> tuple[dict[str, str], list[SenseExample]
                                              f"({len(sentence.split(' '))} words)")
             continue
         if gold.strip() not in classes:
-            problems.add(number, "gold", f"line {number} of the gold file holds "
+            problems.add(number, "gold", f"line {number} of the gold file contains "
                                          f"{gold.strip()!r}, which is not a sense id of "
                                          f"classes_map.txt ({', '.join(classes)})")
             continue
