@@ -91,7 +91,7 @@ class BatchedLinearProbe:
             train: Bool[Tensor, "folds rows"]) -> "BatchedLinearProbe":
         """Fit one probe per (layer, fold, label set) on that fold's training rows."""
         X, labels, train = self._check_inputs(X, labels, train)
-        self._encode_labels(labels, train)
+        self._encode_labels(labels, train, X.dtype)
         X = self._standardize(X, train)
         data = self._layer_data(X)
 
@@ -145,7 +145,7 @@ class BatchedLinearProbe:
             raise ValueError("Every fold needs at least one training row.")
         return X, labels, train
 
-    def _encode_labels(self, labels: Tensor, train: Tensor) -> None:
+    def _encode_labels(self, labels: Tensor, train: Tensor, dtype: torch.dtype) -> None:
         # Classes are numbered per label set in sorted order, as scikit-learn's classes_.
         per_set = [torch.unique(row) for row in labels]
         n_classes = max(len(classes) for classes in per_set)
@@ -163,15 +163,14 @@ class BatchedLinearProbe:
         self.present_ = present
         self.free_ = present & ~(first & (n_present == 2)[..., None])
         self._multinomial = n_present >= 3  # (folds, sets)
-        self._onehot = onehot.permute(1, 0, 2)[:, None].float()  # (rows, 1, sets, classes)
-        self._train = train.T.float()  # (rows, folds)
-        self._n_train = train.sum(1).float()  # (folds,)
+        self._onehot = onehot.permute(1, 0, 2)[:, None].to(dtype)  # (rows, 1, sets, classes)
+        self._train = train.T.to(dtype)  # (rows, folds)
+        self._n_train = train.sum(1).to(dtype)  # (folds,)
 
     def _standardize(self, X: Tensor, train: Tensor) -> Tensor:
         # Standardizing by all rows first keeps the per-fold standardization, which is done
         # through the weights, well conditioned in float32. The two compose to exactly the
         # per-fold standardization.
-        X = X.float()
         self.global_mean_ = X.mean(1)  # (layers, d_model)
         scale = X.std(1, correction=0)
         self.global_scale_ = torch.where(scale > _MIN_SCALE, scale, torch.ones_like(scale))
