@@ -10,7 +10,8 @@ import torch
 from depthprobe.capture import capture_residuals
 from depthprobe.models import load_model
 from depthprobe.sites import Span
-from depthprobe.tasks import LabelledSpan, Task, TextExample, align_examples, make_task
+from depthprobe.tasks import (BehaviourQuery, LabelledSpan, Task, TextExample, align_examples,
+                              make_task)
 from depthprobe.toys import (METADATA_FILE, ToyConfig, build_task_tokenizer, label_token_ids,
                              train_toy)
 
@@ -29,7 +30,7 @@ def shell_game(seed: int = 1, n_swaps: int = 3):
 
 @dataclass
 class _Colours(Task):
-    """A task without behaviour queries, whose classes are named "colour red" and so on."""
+    """A task without behaviour queries, with classes named "colour red" and "colour blue"."""
 
     name = "colours"
     summary = "test task"
@@ -94,25 +95,27 @@ def test_tokenizer_save_reload(tmp_path):
     assert reloaded.pad_token_id == tokenizer.pad_token_id
 
 
-def test_label_tokens_from_class_names():
+def test_label_tokens_of_their_own():
     task = _Colours()
     examples = task.text_examples()
     tokenizer = build_task_tokenizer(task, examples)
     ids = label_token_ids(task, examples, tokenizer)
-    assert tokenizer.convert_ids_to_tokens(ids) == ["red", "blue"]
+    assert tokenizer.convert_ids_to_tokens(ids) == ["[class 0]", "[class 1]"]
+    for example in align_examples(examples, tokenizer):
+        assert not set(ids) & set(example.input_ids)
 
 
-def test_label_tokens_must_differ():
-    class SameNames(_Colours):
-        @property
-        def class_names(self) -> list[str]:
-            return ["red colour", "blue colour"]
+def test_shared_answer_words_fall_back():
+    class SharedAnswers(_Colours):
+        def behaviour_queries(self, example):
+            return [BehaviourQuery(example.text + " Colour?", [" colour red", " colour blue"],
+                                   r.label, r.step, example.group) for r in example.readouts]
 
-    task = SameNames()
+    task = SharedAnswers()
     examples = task.text_examples()
     tokenizer = build_task_tokenizer(task, examples)
-    with pytest.raises(ValueError, match="not distinct"):
-        label_token_ids(task, examples, tokenizer)
+    ids = label_token_ids(task, examples, tokenizer)
+    assert tokenizer.convert_ids_to_tokens(ids) == ["[class 0]", "[class 1]"]
 
 
 @pytest.mark.parametrize("arch", ["transformer", "mamba", "mamba2", "looped"])

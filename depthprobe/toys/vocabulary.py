@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 
 from ..tasks.base import Task, TextExample
 
+logger = logging.getLogger(__name__)
+
 PAD, UNK, BOS, EOS = "[PAD]", "[UNK]", "[BOS]", "[EOS]"
 SPECIAL_TOKENS = (PAD, UNK, BOS, EOS)
+
+
+def class_token(label: int) -> str:
+    """Return the vocabulary entry that names class ``label`` when no answer word does.
+
+    The ``Whitespace`` pre-tokenizer splits ``[class 0]`` into four words, so these entries
+    never occur in encoded text and serve only as training targets.
+    """
+    return f"[class {label}]"
 
 
 def _texts(task: Task, examples: Sequence[TextExample]) -> list[str]:
@@ -30,8 +42,8 @@ def build_task_tokenizer(task: Task, examples: Sequence[TextExample]):
     Words are runs of letters and digits, or of punctuation (the ``Whitespace``
     pre-tokenizer of the tokenizers library), so a readout span that ends on a word or a
     punctuation mark ends on a token. The texts are the examples, their counterfactuals,
-    the behaviour queries with their answers, and the class names. Every encoding starts
-    with ``[BOS]``. Returns a transformers fast tokenizer with working offsets, which
+    the behaviour queries with their answers, and the class names. The vocabulary also
+    has one :func:`class_token` per class, and every encoding starts with ``[BOS]``. Returns a transformers fast tokenizer with working offsets, which
     ``save_pretrained`` writes and ``AutoTokenizer`` reloads.
     """
     from transformers import PreTrainedTokenizerFast
@@ -43,6 +55,8 @@ def build_task_tokenizer(task: Task, examples: Sequence[TextExample]):
     vocabulary = {token: index for index, token in enumerate(SPECIAL_TOKENS)}
     for word in sorted(words - set(SPECIAL_TOKENS)):
         vocabulary[word] = len(vocabulary)
+    for label in range(task.n_classes):
+        vocabulary[class_token(label)] = len(vocabulary)
 
     tokenizer = Tokenizer(models.WordLevel(vocabulary, unk_token=UNK))
     tokenizer.pre_tokenizer = splitter
@@ -56,11 +70,10 @@ def build_task_tokenizer(task: Task, examples: Sequence[TextExample]):
 def label_token_ids(task: Task, examples: Sequence[TextExample], tokenizer) -> list[int]:
     """Return the token that names each class, indexed by label.
 
-    When the task's behaviour queries offer one answer per class, the same for every
-    example, class ``k`` is named by the first token of answer ``k``: the token that the
-    lens and behaviour methods read. Otherwise each class is named by the last token of
-    its class name, which distinguishes names such as "cup A" and "cup B". Raises
-    ``ValueError`` when two classes would share a token.
+    The task's behaviour queries may offer one answer per class, the same for every
+    example, starting with distinct known words. Then class ``k`` is named by the first
+    token of answer ``k``, which is the token that the lens and behaviour methods read.
+    Otherwise class ``k`` is named by its own vocabulary entry :func:`class_token`.
     """
     choices = None
     for example in examples[:20]:
@@ -69,15 +82,11 @@ def label_token_ids(task: Task, examples: Sequence[TextExample], tokenizer) -> l
                 choices = list(query.choices)
             elif list(query.choices) != choices:
                 choices = []
+
     if choices and len(choices) == task.n_classes:
         ids = [tokenizer(choice, add_special_tokens=False)["input_ids"][0] for choice in choices]
-    else:
-        choices = list(task.class_names)
-        ids = [tokenizer(name, add_special_tokens=False)["input_ids"][-1] for name in choices]
-    if len(set(ids)) != len(ids) or tokenizer.unk_token_id in ids:
-        raise ValueError(
-            f"The classes of task {task.name!r} are named by {choices}, whose naming tokens "
-            f"{tokenizer.convert_ids_to_tokens(ids)} are not distinct known words; give the "
-            f"task class names or behaviour answers that start with distinct words."
-        )
-    return ids
+        if len(set(ids)) == len(ids) and tokenizer.unk_token_id not in ids:
+            return ids
+        logger.warning("The behaviour answers %s of task %r do not start with distinct words; "
+                       "the toy names each class by a token of its own.", choices, task.name)
+    return tokenizer.convert_tokens_to_ids([class_token(k) for k in range(task.n_classes)])
