@@ -7,6 +7,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from .tables import STEP_TITLE
+
 # Perceptually uniform and readable by colour-blind readers and in greyscale print.
 COLORSCALE = "Viridis"
 
@@ -44,6 +46,7 @@ def cascade_figure(
     method: str = "probe",
     title: str | None = None,
     n_layers: int | None = None,
+    step_title: str = STEP_TITLE,
 ) -> go.Figure:
     """Draw the cascade: steps across, layers upward, cells coloured by score above chance.
 
@@ -62,7 +65,7 @@ def cascade_figure(
     fig.add_trace(go.Heatmap(
         z=grid, x=steps, y=layers, colorscale=COLORSCALE, zmin=0,
         zmax=max(float(np.nanmax(grid)), 1e-6),
-        colorbar=dict(title=dict(text="score − chance", side="right"),
+        colorbar=dict(title=dict(text=f"{method} score − chance", side="right"),
                       len=0.75 if has_behaviour else 1.0,
                       y=0.625 if has_behaviour else 0.5),
         text=_hover(rows, layers, steps), hoverinfo="text", name=method,
@@ -76,7 +79,7 @@ def cascade_figure(
     top = n_layers if n_layers is not None else max(layers)
     fig.update_yaxes(title_text="layer (0 = embeddings)", range=[-0.5, top + 0.5],
                      row=1, col=1)
-    fig.update_xaxes(title_text="step (updates so far)", dtick=1,
+    fig.update_xaxes(title_text=step_title, dtick=1,
                      row=2 if has_behaviour else 1, col=1)
     fig.update_layout(title=dict(text=title or f"State cascade ({method})", x=0.5),
                       template="simple_white", width=900, height=700 if has_behaviour else 560,
@@ -116,11 +119,13 @@ def _add_behaviour(fig: go.Figure, behaviour: pd.DataFrame) -> None:
     fig.add_trace(go.Scatter(
         x=behaviour["step"], y=behaviour["accuracy"], mode="lines+markers",
         name="model's answer accuracy", line=dict(color="#1f77b4"),
-        error_y=dict(type="data", array=1.96 * behaviour["stderr"], visible=True),
+        error_y=dict(type="data", symmetric=False, visible=True,
+                     array=np.minimum(1.96 * behaviour["stderr"], 1 - behaviour["accuracy"]),
+                     arrayminus=np.minimum(1.96 * behaviour["stderr"], behaviour["accuracy"])),
         hovertemplate="step %{x}: accuracy %{y:.2f}<extra></extra>",
     ), row=2, col=1)
     fig.add_trace(go.Scatter(
         x=behaviour["step"], y=behaviour["chance"], mode="lines", name="chance",
         line=dict(color="grey", dash="dash"), hoverinfo="skip",
     ), row=2, col=1)
-    fig.update_yaxes(title_text="answer accuracy", range=[0, 1.05], row=2, col=1)
+    fig.update_yaxes(title_text="answer accuracy (fraction)", range=[0, 1.05], row=2, col=1)

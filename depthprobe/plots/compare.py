@@ -48,7 +48,8 @@ def compare_figure(first: RunTables, second: RunTables, method: str | None = Non
                         subplot_titles=["resolution depth" + (" / L" if normalise else ""),
                                         right])
     add_depth_curves(fig, curves, n_layers, normalise, row=1, col=1)
-    style_depth_axes(fig, curves, n_layers, normalise, row=1, col=1)
+    style_depth_axes(fig, curves, n_layers, normalise, row=1, col=1,
+                     step_title=first.step_title)
 
     for index, (label, run) in enumerate(zip(labels, runs)):
         colour = PALETTE[index % len(PALETTE)]
@@ -80,7 +81,7 @@ def compare_figure(first: RunTables, second: RunTables, method: str | None = Non
                          row=1, col=2)
     else:
         fig.update_yaxes(title_text=f"best {method} score minus chance", row=1, col=2)
-    fig.update_xaxes(title_text="step t (updates so far)", dtick=1, row=1, col=2)
+    fig.update_xaxes(title_text="step t", dtick=1, row=1, col=2)
 
     default = (f"Model comparison: {' vs '.join(labels)}<br><sup>{first.task_name} · "
                f"{method}</sup>")

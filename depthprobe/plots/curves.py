@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from .tables import STEP_TITLE
+
 # Okabe and Ito's palette, distinguishable with the common colour-vision deficiencies.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000",
            "#F0E442"]
@@ -113,7 +115,8 @@ def add_depth_curves(fig: go.Figure, curves: Mapping[str, pd.DataFrame],
 
 def depth_curves_figure(curves: Mapping[str, pd.DataFrame],
                         n_layers: Mapping[str, int] | int | None = None,
-                        normalise: bool = False, title: str | None = None) -> go.Figure:
+                        normalise: bool = False, title: str | None = None,
+                        step_title: str = STEP_TITLE) -> go.Figure:
     """Draw resolution depth ``d(t)`` against step for several curves on one plot.
 
     ``curves`` maps a label (a method, a model, or both) to rows of a depth table.
@@ -126,7 +129,7 @@ def depth_curves_figure(curves: Mapping[str, pd.DataFrame],
         raise ValueError("No depth curve given; pass a mapping from label to depth rows.")
     fig = go.Figure()
     add_depth_curves(fig, curves, n_layers, normalise)
-    style_depth_axes(fig, curves, n_layers, normalise)
+    style_depth_axes(fig, curves, n_layers, normalise, step_title=step_title)
     fig.update_layout(title=dict(text=title or "Resolution depth per step", x=0.5),
                       template="simple_white", width=820, height=520,
                       legend=dict(orientation="h", yref="container", y=0.01,
@@ -136,7 +139,8 @@ def depth_curves_figure(curves: Mapping[str, pd.DataFrame],
 
 
 def style_depth_axes(fig: go.Figure, curves: Mapping[str, pd.DataFrame], n_layers,
-                     normalise: bool, row: int | None = None, col: int | None = None) -> None:
+                     normalise: bool, row: int | None = None, col: int | None = None,
+                     step_title: str = STEP_TITLE) -> None:
     """Label the axes of a depth plot and fix its range to the layer stack."""
     where = dict(row=row, col=col) if row is not None else {}
     if normalise:
@@ -146,4 +150,4 @@ def style_depth_axes(fig: go.Figure, curves: Mapping[str, pd.DataFrame], n_layer
         top = _top_layer(curves, n_layers)
         fig.update_yaxes(title_text="resolution depth d(t) (layer, 0 = embeddings)",
                          range=[-0.8, top + 2], **where)
-    fig.update_xaxes(title_text="step t (updates so far)", dtick=1, **where)
+    fig.update_xaxes(title_text=step_title, dtick=1, **where)

@@ -26,7 +26,7 @@ ARROW = "#d62728"
 STATE_GREEN = "#40c057"
 STATE_GREEN_EDGE = "#2b8a3e"
 INPUT_PURPLE = "#7048e8"
-MAX_CELL_TEXT = 7  # characters of decoded text shown inside a block; hover shows all
+MAX_CELL_TEXT = 5  # characters of decoded text shown inside a block; hover shows all
 
 SCORE_LABELS = {
     "probe": "held-out probe correct (1) or wrong (0)",
@@ -216,9 +216,9 @@ def _add_states(fig, readouts: pd.DataFrame, schematic: bool) -> None:
             fig.add_shape(**box, fillcolor=STATE_GREEN,
                           line=dict(color=STATE_GREEN_EDGE, width=2))
         else:
-            # A black frame with a white halo outside it stays visible on every colour.
-            halo = dict(box, x0=x - 0.6, x1=x + 0.6, y0=y - 0.62, y1=y + 0.62)
-            fig.add_shape(**halo, fillcolor="rgba(0,0,0,0)", line=dict(color="white", width=2))
+            # A black frame over a wider white one keeps a white edge on both sides of the
+            # black, so the outline shows on every colour of the scale.
+            fig.add_shape(**box, fillcolor="rgba(0,0,0,0)", line=dict(color="white", width=7))
             fig.add_shape(**box, fillcolor="rgba(0,0,0,0)", line=dict(color=OUTLINE, width=3))
     for (x0, y0), (x1, y1) in zip(points, points[1:]):
         fig.add_annotation(x=x1, y=y1, ax=x0, ay=y0, xref="x", yref="y", axref="x",
@@ -370,7 +370,7 @@ def average_diagram(tables: RunTables, method: str | None = None, schematic: boo
         start=int(steps[0]), schematic=schematic,
         colorbar_title=score_label(method, averaged=True), column_labels=labels,
         title=title or tables.title(method, what),
-        x_title="readout token and step t (updates so far)", tick_angle=0)
+        x_title=f"readout token and {tables.step_title}", tick_angle=0)
     _add_intervals(fig, readouts)
     return fig
 

@@ -26,7 +26,7 @@ def patchscope_grid_figure(grid: pd.DataFrame, title: str | None = None,
     """Draw a source-layer by target-layer grid of Patchscope scores.
 
     ``grid`` has columns ``source_layer`` (where the state was read), ``target_layer``
-    (where it was written into the target prompt) and ``score``; rows that share a cell
+    (where it was written into the target prompt) and ``score``. Rows that share a cell
     (several examples or positions) are averaged, and the hover text gives the mean and
     the number of rows. ``facet`` names a further column, such as ``step``, to draw one
     panel per value. The dashed diagonal marks writing a state back into the layer it

@@ -7,6 +7,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from .tables import STEP_TITLE
+
 COLORSCALE = "Viridis"
 
 
@@ -35,7 +37,8 @@ def _hover(rows: pd.DataFrame, layers: list[int], steps: list[int]) -> np.ndarra
 
 
 def heatmap_figure(scores: pd.DataFrame, method: str = "probe", title: str | None = None,
-                   score_title: str | None = None) -> go.Figure:
+                   score_title: str | None = None, step_title: str = STEP_TITLE
+                   ) -> go.Figure:
     """Draw a method's score for every layer and step, with its control task and chance.
 
     The left panel is the score; the right panel, drawn when the method has a control
@@ -79,7 +82,7 @@ def heatmap_figure(scores: pd.DataFrame, method: str = "probe", title: str | Non
             **colour), row=2, col=col)
         fig.update_yaxes(title_text="layer (0 = embeddings)" if col == 1 else None,
                          row=1, col=col)
-        fig.update_xaxes(title_text="step t (updates so far)", dtick=1, row=2, col=col)
+        fig.update_xaxes(title_text=step_title, dtick=1, row=2, col=col)
 
     fig.update_layout(title=dict(text=title or f"Score per layer and step ({method})", x=0.5),
                       template="simple_white", width=520 * columns + 160, height=620)

@@ -13,7 +13,7 @@ from .curves import curves_by_method, depth_curves_figure
 from .diagram import average_diagram, example_diagram
 from .grid import patchscope_grid_figure
 from .heatmap import heatmap_figure
-from .tables import GRID_FILE, RunTables, load_run
+from .tables import GRID_FILE, STEP_TITLE, RunTables, load_run
 
 FIGURE_KINDS = {
     "cascade": "layer-by-step score with each step's resolution depth and the model's accuracy",
@@ -65,14 +65,15 @@ def figure_from_run(
     if kind == "cascade":
         return cascade_figure(tables.scores, tables.depths, tables.behaviour, method=method,
                               title=tables.title(method, "State resolution depth per step"),
-                              n_layers=tables.n_layers)
+                              n_layers=tables.n_layers, step_title=tables.step_title)
     if kind == "diagram":
         return example_diagram(tables, example=example, method=method, schematic=schematic)
     if kind == "diagram-average":
         return average_diagram(tables, method=method, schematic=schematic)
     if kind == "heatmap":
         return heatmap_figure(tables.scores, method,
-                              title=tables.title(method, "Score per layer and step"))
+                              title=tables.title(method, "Score per layer and step"),
+                              step_title=tables.step_title)
     if kind == "grid":
         if tables.grid is None:
             raise ValueError(f"The run in {tables.path} has no {GRID_FILE}; run it with "
@@ -97,7 +98,8 @@ def _depth_figure(tables: RunTables, others: list[RunTables], normalise: bool | 
         n_layers = {label: tables.n_layers for label in curves}
         title = (f"Resolution depth per step<br><sup>{tables.model_name} · {tables.task_name}"
                  f" · {', '.join(curves)}</sup>")
-        return depth_curves_figure(curves, n_layers, normalise=bool(normalise), title=title)
+        return depth_curves_figure(curves, n_layers, normalise=bool(normalise), title=title,
+                                   step_title=tables.step_title)
 
     curves, n_layers = {}, {}
     for run in runs:
@@ -108,4 +110,7 @@ def _depth_figure(tables: RunTables, others: list[RunTables], normalise: bool | 
             n_layers[label] = run.n_layers
     tasks = sorted({run.task_name for run in runs})
     title = f"Resolution depth per step<br><sup>{', '.join(tasks)}</sup>"
-    return depth_curves_figure(curves, n_layers, normalise=normalise is not False, title=title)
+    step_titles = {run.step_title for run in runs}
+    return depth_curves_figure(curves, n_layers, normalise=normalise is not False, title=title,
+                               step_title=step_titles.pop() if len(step_titles) == 1
+                               else STEP_TITLE)

@@ -1,6 +1,6 @@
 """A finished run's saved tables, read back for drawing figures without a model.
 
-A run folder holds ``manifest.json``, ``scores.csv``, ``readout_scores.csv`` and
+A run folder contains ``manifest.json``, ``scores.csv``, ``readout_scores.csv`` and
 ``depth.csv``, and optionally ``behaviour.csv``, ``tokens.csv`` (every token of every
 example, with its readout if it has one; see :func:`token_table`) and
 ``patchscope_grid.csv`` (a Patchscope source-layer by target-layer grid).
@@ -18,6 +18,7 @@ import pandas as pd
 from ..depth import read_depths
 from ..scores import read_readout_scores, read_scores
 from ..sites import Example
+from ..tasks import get_task
 
 MANIFEST_FILE = "manifest.json"
 TOKENS_FILE = "tokens.csv"
@@ -25,6 +26,7 @@ GRID_FILE = "patchscope_grid.csv"
 TOKEN_COLUMNS = ["example", "group", "position", "token_id", "token", "readout_id", "step",
                  "label", "label_name"]
 GRID_COLUMNS = ["source_layer", "target_layer", "score"]
+STEP_TITLE = "step t (updates so far)"
 
 
 def token_table(examples: Sequence[Example], tokenizer,
@@ -129,6 +131,15 @@ class RunTables:
             raise ValueError(f"The run in {self.path} has no scores for method {method!r}; "
                              f"it has {', '.join(self.methods)}.")
         return method
+
+    @property
+    def step_title(self) -> str:
+        """Return the step axis title, with the task's own meaning of a step when known."""
+        try:
+            meaning = get_task(self.task_name).step_meaning
+        except ValueError:
+            return STEP_TITLE
+        return f"step t: {meaning}"
 
     def title(self, method: str, what: str) -> str:
         """Return a figure title naming the model, the task and the method."""
