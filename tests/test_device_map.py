@@ -1,10 +1,10 @@
 """Models split across devices by accelerate give the same residuals and scores.
 
-A machine has one CPU device for torch (``cpu:1`` is the same device as ``cpu``), so the
-CPU tests split a model between the CPU and accelerate's disk offload: the second half of
+Torch has one CPU device (``cpu:1`` is the same device as ``cpu``). The CPU tests
+therefore split a model between the CPU and accelerate's disk offload. The second half of
 the blocks keeps its weights in an offload folder and on the ``meta`` device, and
-accelerate's hooks load them for each forward pass. This runs the same hook machinery as a
-split over several GPUs. A test with two GPUs runs where torch sees them.
+accelerate's hooks load them for each forward pass, the same hook machinery as a split over
+several GPUs. A test with two GPUs runs where torch sees them.
 """
 
 from __future__ import annotations
