@@ -24,7 +24,7 @@ from .methods.probe import check_probe_data
 from .methods.probe_torch import PROBE_BACKENDS
 from .methods.transformer_lens import as_loaded_model
 from .models import DEFAULT_MODEL, LoadedModel, check_model_name, load_model
-from .plots import cascade_figure, write_html, write_static
+from .plots import cascade_figure, write_figure, write_html
 from .scores import write_table
 from .tasks import Task, align_examples, make_task
 from .plots.tables import TOKENS_FILE, token_table
@@ -444,9 +444,9 @@ def _write_figures(result: RunResult, out_dir: Path, formats) -> None:
                 write_html(fig, path)
                 continue
             try:
-                write_static(fig, path)
+                write_figure(fig, path)
             except RuntimeError as error:
-                # The HTML figure is already written; a missing browser only costs the image.
+                # Without a browser, write_figure writes the figure as HTML instead.
                 logger.error("Could not write %s: %s", path, error)
                 result.manifest.setdefault("errors", []).append(str(error))
 
