@@ -52,7 +52,8 @@ def _add_run_parser(subparsers) -> argparse.ArgumentParser:
     run.add_argument("--stories", type=int, default=defaults.n_stories,
                      help=f"number of stories (default: {defaults.n_stories})")
     run.add_argument("--steps", type=int, default=defaults.n_steps,
-                     help=f"updates per story, e.g. swaps (default: {defaults.n_steps})")
+                     help="updates per story, e.g. swaps in the shell game (default: the "
+                          "task's own, 8 swaps for the shell game)")
     run.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default: 0)")
     run.add_argument("--methods", type=_comma_list, default=defaults.methods,
                      help="comma-separated scoring methods (default: probe)")

@@ -25,9 +25,9 @@ from .methods.probe_torch import PROBE_BACKENDS
 from .methods.transformer_lens import as_loaded_model
 from .models import DEFAULT_MODEL, LoadedModel, check_model_name, load_model
 from .plots import cascade_figure, write_figure, write_html
-from .scores import write_table
-from .tasks import Task, align_examples, make_task
 from .plots.tables import TOKENS_FILE, token_table
+from .scores import write_table
+from .tasks import Task, align_examples, get_task, make_task
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +48,8 @@ class RunConfig:
     """Task options, e.g. ``{"n_cups": 4}``; strings are converted to each option's type."""
     n_stories: int = 300
     """Number of stories (examples) the task generates."""
-    n_steps: int = 8
-    """Updates per story (swaps for the shell game); readouts cover steps 0..n_steps."""
+    n_steps: int | None = None
+    """Updates per story (swaps for the shell game; None: the task's default of 8 swaps)."""
     seed: int = 0
     """Seed of the task generator, the folds' control labels and the bootstrap."""
     methods: tuple[str, ...] = ("probe",)
@@ -88,7 +88,7 @@ class RunConfig:
     resume: bool = False
     """Keep the verified shards of an interrupted run's store and capture only the rest."""
     overwrite: bool = False
-    """Replace a folder that holds a run with different settings."""
+    """Replace a folder that contains a run with different settings."""
     behaviour: bool = True
     """Ask the model for the state after each step and score its answers."""
     behaviour_stories: int | None = 100
@@ -110,19 +110,19 @@ class RunConfig:
 
 def build_task(config: RunConfig) -> Task:
     """Build the configured task; the task's own options override the shared sizes."""
+    task_class = get_task(config.task)
     options = {"n_stories": config.n_stories, "seed": config.seed}
-    if config.task == "shell-game":
-        options["n_swaps"] = config.n_steps
+    if config.n_steps is not None and task_class.steps_option:
+        options[task_class.steps_option] = config.n_steps
     options.update(config.task_options)
-    from .tasks import get_task
-    known = {o.name for o in get_task(config.task).options()}
+    known = {o.name for o in task_class.options()}
     return make_task(config.task, **{k: v for k, v in options.items()
                                      if k in known or k in config.task_options})
 
 
 def check_config(config: RunConfig) -> Task:
     """Validate every setting before any model loads; return the built task."""
-    if config.n_steps < 1:
+    if config.n_steps is not None and config.n_steps < 1:
         raise ValueError(f"Steps must be 1 or more, got {config.n_steps}.")
     if config.n_stories < 1:
         raise ValueError(f"The number of stories must be 1 or more, got {config.n_stories}.")
@@ -186,7 +186,7 @@ def _check_output_dir(config: RunConfig) -> None:
     previous = json.loads(manifest.read_text()).get("settings")
     if previous != json.loads(json.dumps(config.settings())):
         raise ValueError(
-            f"The output folder {config.output_dir} holds a run with different settings; "
+            f"The output folder {config.output_dir} contains a run with different settings; "
             f"choose another folder with --output or pass --overwrite to replace it."
         )
 
@@ -334,14 +334,14 @@ def run(config: RunConfig | None = None, model: LoadedModel | None = None, **ove
     _write_manifest(out_dir, manifest)
 
     examples = align_examples(text_examples, loaded.tokenizer)
+    write_table(token_table(examples, loaded.tokenizer, task.class_names),
+                out_dir / TOKENS_FILE)
     features = None
     if any(get_method(m).needs_features for m in config.methods):
         features = _capture(config, loaded, task, examples, timings, manifest)
 
     keys = [(ex.input_ids[r.position], ex.input_ids[r.position - 1] if r.position else -1)
             for ex in examples for r in ex.readouts]
-    write_table(token_table(examples, loaded.tokenizer, task.class_names),
-                out_dir / TOKENS_FILE)
     context = MethodContext(
         task=task, loaded=loaded, text_examples=text_examples, examples=examples,
         features=features, layers=list(range(loaded.layout.n_layers + 1)), labels=labels,

@@ -74,7 +74,7 @@ def test_jupyter_repr_holds_table_and_figure(small_run):
 
 def test_existing_folder_with_other_settings_is_rejected(small_run):
     config = RunConfig(output_dir=str(small_run.output_dir), **{**SMALL, "seed": 1})
-    with pytest.raises(ValueError, match="holds a run with different settings.*--overwrite"):
+    with pytest.raises(ValueError, match="contains a run with different settings.*--overwrite"):
         run(config)
 
 

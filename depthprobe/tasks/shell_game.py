@@ -31,6 +31,7 @@ class ShellGame(Task):
     state_variable = "the cup that hides the ball"
     step_meaning = "number of swaps so far (the opening sentence is step 0)"
     readout_meaning = "the period that ends each sentence"
+    steps_option = "n_swaps"
 
     n_stories: int = field(default=300, metadata={"help": "number of stories"})
     n_swaps: int = field(default=8, metadata={"help": "swaps per story (steps 1..n_swaps)"})
