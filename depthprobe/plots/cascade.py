@@ -51,7 +51,7 @@ def cascade_figure(
     """Draw the cascade: steps across, layers upward, cells coloured by score above chance.
 
     ``depths`` (a run's depth table) adds each step's resolution depth with its bootstrap
-    interval and an arrow to the next step's depth; ``behaviour`` (per-step accuracy with
+    interval and an arrow to the next step's depth. ``behaviour`` (per-step accuracy with
     ``step``, ``accuracy``, ``stderr``, ``chance``) adds the model's own accuracy in a
     panel below, on the same step axis.
     """

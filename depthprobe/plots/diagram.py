@@ -1,7 +1,7 @@
 """The cascade diagram: tokens across, layers upward, and the state's climb through the grid.
 
 Each block is one site (layer, token position). A readout's column is coloured by a
-method's score for the state at that site; the block where the state resolves (its
+method's score for the state at that site. The block where the state resolves (its
 resolution depth) is outlined, and arrows join the resolution blocks of consecutive
 steps. The schematic style draws plain blocks, green state boxes and purple input arrows
 instead of colours, like the block diagrams of transformers in the literature.
@@ -91,7 +91,7 @@ def cascade_diagram(
 
     ``tokens[i]`` is the token at position ``start + i`` (shown as the column label
     unless ``column_labels`` is given). ``cells`` has columns ``position``, ``layer``,
-    ``score`` for the sites that have a score; ``readouts`` has one row per readout
+    ``score`` for the sites that have a score. ``readouts`` has one row per readout
     with ``position``, ``step`` and ``depth`` (the resolution layer, missing when none),
     and optionally ``depth_low``, ``depth_high``, ``label_name``, ``readout_id``.
     ``cell_text`` maps ``(layer, position)`` to text shown in that block, for example
@@ -285,8 +285,8 @@ def example_diagram(
     """Draw the cascade diagram of one example of a finished run.
 
     ``resolution="step"`` outlines each readout's block at its step's resolution depth
-    (the run's ``d(t)``, with its interval in the hover text); ``"readout"`` applies the
-    run's depth rule to the readout's own layer curve. ``window=(first, stop)`` limits
+    (the run's ``d(t)``, with its interval in the hover text). ``"readout"`` applies the
+    run's depth rule to the readout's own layer curve instead. ``window=(first, stop)`` limits
     the tokens shown to positions ``first..stop-1``.
     """
     if resolution not in ("step", "readout"):
@@ -301,10 +301,11 @@ def example_diagram(
     text = tokens[tokens["example"] == example].sort_values("position")
     if window is not None:
         first, stop = window
+        last = int(text["position"].max())
         text = text[(text["position"] >= first) & (text["position"] < stop)]
         if text.empty:
-            raise ValueError(f"The window {window} holds no token of example {example}, "
-                             f"which has positions 0 to {tokens[tokens['example'] == example]['position'].max()}.")
+            raise ValueError(f"The window {window} contains no token of example {example}, "
+                             f"which has positions 0 to {last}.")
 
     marked = text[text["readout_id"].notna()].astype({"readout_id": int})
     per_readout = tables.readout_scores[tables.readout_scores["method"] == method]
@@ -337,7 +338,7 @@ def average_diagram(tables: RunTables, method: str | None = None, schematic: boo
                     title: str | None = None) -> go.Figure:
     """Draw the cascade diagram averaged over a run's examples: one column per step.
 
-    Each block is the mean per-readout score at that step and layer; each column's label
+    Each block is the mean per-readout score at that step and layer. Each column's label
     is the token most readouts of that step sit on, with the share of readouts on it.
     """
     method = tables.check_method(method)
