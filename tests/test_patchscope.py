@@ -71,6 +71,19 @@ def test_left_padding_matches_single_prompts():
     assert torch.allclose(together, alone, atol=1e-5)
 
 
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_shared_prefix_matches_full_run(architecture):
+    loaded = tiny_loaded(architecture)
+    value = torch.randn(loaded.layout.d_model, generator=torch.Generator().manual_seed(1))
+    prompts = [PatchedPrompt(PROMPT, 6, [(Site(layer, 4), value)]) for layer in range(5)]
+    prompts.append(PatchedPrompt(PROMPT, 6))
+    full = run_patched(loaded, prompts, batch_size=4)
+    reused = run_patched(loaded, prompts, batch_size=4, shared_prefix=4)
+    assert torch.allclose(full, reused, atol=1e-5)
+    with pytest.raises(ValueError, match="writes at position 4, inside the shared prefix of 5"):
+        run_patched(loaded, prompts, shared_prefix=5)
+
+
 def test_patched_prompt_rejects_bad_sites():
     loaded = tiny_loaded()
     value = torch.zeros(loaded.layout.d_model)
