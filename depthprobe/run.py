@@ -243,8 +243,13 @@ class RunResult:
             lines.append(f"[{method}] resolution depth d(t) per step (layers 0..."
                          f"{self.manifest['model']['n_layers']}, 95% bootstrap interval):")
             for row in result.table.itertuples():
-                if pd.isna(row.depth):
+                if pd.isna(row.depth) and row.best_score - row.chance < result.rule.min_margin:
                     depth = "no depth (no layer beats chance by the margin)"
+                elif pd.isna(row.depth):
+                    span = ("all deeper layers" if result.rule.persist is None
+                            else f"{result.rule.persist} consecutive layers")
+                    depth = (f"no depth (no layer starts {span} at or above the "
+                             f"threshold {row.threshold:.2f})")
                 else:
                     depth = f"{int(row.depth):>2} [{row.depth_low:.0f}, {row.depth_high:.0f}]"
                 behaviour = ""
