@@ -42,6 +42,7 @@ PROBE_BACKENDS = ("torch", "sklearn")
 _MIN_SCALE = 1e-5
 _ARMIJO = 1e-4  # sufficient-decrease constant of the line search
 _MAX_BACKTRACKS = 20
+_LOSS_ROUNDING = 1e-6  # relative change of a float32 loss that counts as rounding
 _MIN_EIGENVALUE = 1e-4  # eigenpairs below this fraction of the largest are left out
 _COMPACT_BELOW = 0.75  # drop finished layers once the active ones are this fraction or less
 
@@ -78,7 +79,7 @@ class BatchedLinearProbe:
     """
 
     def __init__(self, C: float = 1.0, max_iter: int = 500, tol: float = 1e-4,
-                 history: int = 10, preconditioner_rank: int = 64,
+                 history: int = 5, preconditioner_rank: int = 64,
                  device: str | torch.device | None = None):
         self.C = C
         self.max_iter = max_iter
@@ -245,8 +246,10 @@ class BatchedLinearProbe:
         weights = theta[..., :-1]
 
         picked = (log_prob.masked_fill(~self.present_, 0.0) * self._onehot).sum(-1)
-        data_loss = -(picked * self._train[None, :, :, None]).sum(1)  # (layers, F, S)
-        loss = data_loss + (0.5 / self.C) * (weights * weights).flatten(3).sum(-1)
+        # Sums in float64 keep small decreases of the loss visible to the line search.
+        data_loss = -(picked * self._train[None, :, :, None]).sum(1, dtype=torch.float64)
+        penalty = (weights * weights).flatten(3).sum(-1, dtype=torch.float64)
+        loss = data_loss + (0.5 / self.C) * penalty  # (layers, F, S)
 
         residual = log_prob.exp_().sub_(self._onehot).mul_(self._train[None, :, :, None, None])
         grad_intercept = residual.sum(1)  # (layers, F, S, K)
@@ -268,6 +271,10 @@ class BatchedLinearProbe:
                                                                             ).clamp(min=1)
         class_mean *= self._multinomial[..., None, None]
         centred = (weights - class_mean).mul_(present)  # (layers, F, S, K, d)
+        # The fold's standardization rescales the features by 1 / its standard deviation,
+        # which rescales the Hessian of all rows by the same factor on each side.
+        fold_scale = 1.0 / data.inverse_scale[:, :, None, None]
+        centred *= fold_scale
 
         coords = torch.bmm(centred.view(n_layers, -1, d_model), data.basis)  # (L, FSK, k)
         coords = coords.view(*centred.shape[:4], -1)
@@ -276,6 +283,7 @@ class BatchedLinearProbe:
         back = torch.bmm(coords.view(n_layers, -1, coords.shape[-1]), data.basis.transpose(1, 2))
         result[..., :-1] = back.view(centred.shape)
         result[..., :-1] += centred * data.inverse_rest[..., None, None]
+        result[..., :-1] *= fold_scale
         result[..., :-1] += class_mean * self.C
         result[..., -1] = direction[..., -1] * self._inverse_intercept
         return result.mul_(self._free_wide)
@@ -332,13 +340,24 @@ class BatchedLinearProbe:
         return final, n_iter, final_converged
 
     def _line_search(self, data, theta, loss, grad, direction, slope, active):
-        """Backtrack each problem's step until its loss decreases enough (Armijo)."""
-        step = torch.ones_like(loss)
+        """Backtrack each problem's step until the step is acceptable.
+
+        A step is acceptable when the loss decreases enough (Armijo), or, near the optimum
+        where float32 losses no longer resolve the decrease, when the loss is within
+        rounding of the old one and the slope along the direction has not turned steeply
+        uphill (the approximate Wolfe condition of Hager and Zhang). A problem with no
+        acceptable step after the last backtrack is returned as not accepted: it stalled.
+        """
+        step = torch.ones(loss.shape, dtype=theta.dtype, device=theta.device)
         accepted = ~active
+        slack = _LOSS_ROUNDING * loss.abs()
         for _ in range(_MAX_BACKTRACKS):
             trial = theta + step[..., None, None] * direction
             trial_loss, trial_grad = self._loss_and_grad(data, trial)
-            accepted = accepted | (active & (trial_loss <= loss + _ARMIJO * step * slope))
+            armijo = trial_loss <= loss + _ARMIJO * step * slope
+            approximate = ((trial_loss <= loss + slack)
+                           & (_dot(trial_grad, direction) <= -0.8 * slope))
+            accepted = accepted | (active & (armijo | approximate))
             if accepted.all():
                 break
             step = torch.where(accepted, step, step * 0.5)
