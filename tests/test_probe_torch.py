@@ -66,6 +66,26 @@ def test_coefficients_match_sklearn(n_classes):
                                            atol=1e-5)
 
 
+@pytest.mark.parametrize("n_classes", [2, 4])
+def test_more_features_than_rows_match_sklearn(n_classes):
+    X, y = _planted(n_rows=40, d_model=100, n_classes=n_classes, seed=6)
+    train = np.zeros((2, len(y)), dtype=bool)
+    train[0, :30] = True
+    train[1, 10:] = True
+    probe = BatchedLinearProbe(tol=1e-9, max_iter=2000).fit(
+        torch.from_numpy(X), torch.from_numpy(y), torch.from_numpy(train))
+
+    assert bool(probe.converged_.all())
+    for layer in range(X.shape[0]):
+        for fold in range(2):
+            _, reference = _sklearn_fit(X[layer][train[fold]], y[train[fold]])
+            coef = probe.coef_[layer, fold, 0].numpy()
+            if n_classes == 2:
+                np.testing.assert_allclose(coef[1], reference.coef_[0], atol=1e-5)
+            else:
+                np.testing.assert_allclose(coef, reference.coef_, atol=1e-5)
+
+
 def test_predictions_match_sklearn_in_float32():
     X, y = _planted(n_rows=120, n_classes=4, seed=1)
     test = np.arange(len(y)) % 4 == 0
