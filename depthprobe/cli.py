@@ -102,6 +102,9 @@ def _add_run_parser(subparsers) -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true",
                      help="keep the verified shards of an interrupted run's activation store "
                           "and capture only the missing ones")
+    run.add_argument("--loop", default=None, metavar="START:END:TIMES",
+                     help="run blocks START..END-1 TIMES times in a row, unrolled as layers "
+                          "(e.g. 10:14:2; TIMES=1 runs the model unchanged)")
     run.add_argument("-q", "--quiet", action="store_true", help="hide progress bars")
     run.set_defaults(handler=_run)
     return run
@@ -117,7 +120,7 @@ _RUN_FLAG_FIELDS = {
     "overwrite": "overwrite", "no_behaviour": "behaviour",
     "behaviour_stories": "behaviour_stories", "figures": "figures", "quiet": "progress",
     "probe_backend": "probe_backend", "device_map": "device_map", "store": "store_dir",
-    "store_dtype": "store_dtype", "resume": "resume",
+    "store_dtype": "store_dtype", "resume": "resume", "loop": "loop",
 }
 
 
@@ -161,7 +164,7 @@ def _run(args) -> int:
         behaviour=not args.no_behaviour, behaviour_stories=args.behaviour_stories,
         figures=args.figures, progress=not args.quiet, probe_backend=args.probe_backend,
         device_map=args.device_map, store_dir=args.store, store_dtype=args.store_dtype,
-        resume=args.resume)
+        resume=args.resume, loop=args.loop)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be 1 or more, got {args.batch_size}.")
     if args.recipe:
@@ -215,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plot_parser(subparsers)
     _add_lens_parser(subparsers)
     _add_patchscope_parser(subparsers)
+    _add_train_toy_parser(subparsers)
     return parser
 
 
@@ -366,6 +370,71 @@ def _patchscope(args) -> int:
                                layers=args.layers, expected=args.expected,
                                batch_size=args.batch_size, progress=not args.quiet)
         print(f"grid figure: {write_html(grid.figure(), args.output)}")
+    return 0
+
+
+def _toy_value(kind: str):
+    """Return an argparse type for a ToyConfig field annotated ``kind`` ("int | None")."""
+    base = {"int": int, "float": float}[kind.split("|")[0].strip()]
+    if "None" not in kind:
+        return base
+    return lambda text: None if text.lower() == "none" else base(text)
+
+
+def _add_train_toy_parser(subparsers) -> None:
+    import dataclasses
+
+    from .toys import TOY_ARCHITECTURES, ToyConfig
+
+    toy = subparsers.add_parser(
+        "train-toy", help="train a small random-weight model of one kind on a task's states",
+        description="Train a small randomly initialised causal LM (transformer, Mamba, "
+                    "Mamba 2 or a looped transformer) to name a task's state at each readout, "
+                    "print its held-out accuracy, and save it as a checkpoint that "
+                    "`depthprobe run --model FOLDER` reads.")
+    toy.add_argument("--arch", required=True, choices=list(TOY_ARCHITECTURES),
+                     help="kind of model to train")
+    toy.add_argument("--task", default="shell-game",
+                     help=f"task name, one of {', '.join(sorted(TASKS))} (default: shell-game)")
+    toy.add_argument("--task-option", action="append", type=_key_value, default=[],
+                     metavar="KEY=VALUE", help="task option, repeatable (see `depthprobe tasks`)")
+    defaults = ToyConfig()
+    for item in dataclasses.fields(ToyConfig):
+        kind = item.type if isinstance(item.type, str) else item.type.__name__
+        toy.add_argument(f"--{item.name.replace('_', '-')}", dest=f"toy_{item.name}",
+                         type=_toy_value(kind), default=getattr(defaults, item.name),
+                         metavar=item.name.upper(),
+                         help=f"{item.metadata.get('help', item.name)} (default: "
+                              f"{getattr(defaults, item.name)})")
+    toy.add_argument("-o", "--output", default=None,
+                     help="folder for the checkpoint (default: toys/ARCH-TASK)")
+    toy.add_argument("--overwrite", action="store_true",
+                     help="replace an output folder that is not empty")
+    toy.add_argument("-q", "--quiet", action="store_true", help="hide the progress bar")
+    toy.set_defaults(handler=_train_toy)
+
+
+def _train_toy(args) -> int:
+    import dataclasses
+
+    from .tasks import make_task
+    from .toys import ToyConfig, train_toy
+
+    settings = ToyConfig(**{item.name: getattr(args, f"toy_{item.name}")
+                            for item in dataclasses.fields(ToyConfig)})
+    settings.check(args.arch)
+    task = make_task(args.task, **dict(args.task_option))
+    output = args.output or f"toys/{args.arch}-{args.task}"
+    result = train_toy(args.arch, task, settings, output_dir=output, overwrite=args.overwrite,
+                       progress=not args.quiet)
+    print(f"{args.arch} toy on {args.task}: {result.n_parameters} parameters")
+    print("optimizer step   loss   held-out accuracy")
+    for row in result.history.itertuples():
+        print(f"  {row.step:>12} {row.loss:>7.4f} {row.heldout_accuracy:>10.3f}")
+    print("held-out accuracy per task step: " + ", ".join(
+        f"{step}: {accuracy:.2f}" for step, accuracy in result.accuracy_by_step.items()))
+    print(f"saved to {result.path}; analyse it with: depthprobe run --model {result.path} "
+          f"--task {args.task} --seed 1")
     return 0
 
 

@@ -95,6 +95,7 @@ TOP_KEYS = {
     "seed": "random seed",
     "dtype": "model dtype: float32, bfloat16, float16 or auto",
     "device": "torch device, e.g. cpu or cuda:0",
+    "loop": "repeat a block range, START:END:TIMES (e.g. 10:14:2), unrolled as layers",
 }
 PER_METHOD_KINDS = ("diagram", "diagram-average", "heatmap")
 
@@ -287,7 +288,8 @@ def parse_recipe(text: str, path: str | Path = "<recipe>", overrides: dict | Non
     fields = dict(task=task, task_options=_task_options(data, task, check), methods=methods,
                   figures=formats, **_sizes(data, check), **_thresholds(data, check))
     for key, kind, what in (("seed", int, "a whole number"), ("dtype", str, "a dtype name"),
-                            ("device", str, "a device name")):
+                            ("device", str, "a device name"),
+                            ("loop", str, "a START:END:TIMES string")):
         if key in data:
             fields[key] = check.typed(key, data[key], kind, what)
     output = Path(check.typed("output", data.get("output", f"depthprobe-runs/{path.stem}"),

@@ -23,7 +23,9 @@ from .methods.base import get_method
 from .methods.probe import check_probe_data
 from .methods.probe_torch import PROBE_BACKENDS
 from .methods.transformer_lens import as_loaded_model
-from .models import DEFAULT_MODEL, LoadedModel, check_model_name, load_model
+from .models import (BUNDLED_MODELS, DEFAULT_MODEL, LoadedModel, check_model_name,
+                     load_model)
+from .models.looped import loop_model, parse_loop
 from .plots import cascade_figure, write_figure, write_html
 from .plots.tables import TOKENS_FILE, token_table
 from .scores import write_table
@@ -97,6 +99,8 @@ class RunConfig:
     """Figure formats to write: html, png, svg, pdf."""
     progress: bool = True
     """Show progress bars."""
+    loop: str | None = None
+    """Repeat a block range, ``START:END:TIMES`` (e.g. ``10:14:2``), unrolled as layers."""
 
     def depth_rule(self) -> DepthRule:
         return DepthRule(relative=self.depth_relative, min_margin=self.depth_min_margin,
@@ -105,6 +109,8 @@ class RunConfig:
     def settings(self) -> dict:
         """Return the settings that define the results (not where or how they are shown)."""
         skip = {"output_dir", "overwrite", "progress", "figures", "store_dir", "resume"}
+        if self.loop is None:
+            skip.add("loop")  # runs without a loop keep the settings they had before it
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 
@@ -134,6 +140,10 @@ def check_config(config: RunConfig) -> Task:
     if bad_formats:
         raise ValueError(f"Unknown figure formats {bad_formats}; choose html, png, svg, pdf.")
     check_model_name(config.model)
+    if config.loop is not None:
+        spec = parse_loop(config.loop)
+        if config.model in BUNDLED_MODELS:  # other models' block counts are known once loaded
+            spec.check(BUNDLED_MODELS[config.model].n_layers)
     config.depth_rule()
     _check_output_dir(config)
     _check_speed_options(config)
@@ -225,7 +235,8 @@ class RunResult:
         title = (f"{model.get('name', self.config.model)} · {self.config.task} · {method}: "
                  f"state resolution depth per step")
         return cascade_figure(self.scores, self.depths, self.behaviour, method=method,
-                              title=title, n_layers=model.get("n_layers"))
+                              title=title, n_layers=model.get("n_layers"),
+                              layer_labels=model.get("layer_labels"))
 
     def summary_table(self) -> pd.DataFrame:
         """Return one row per step: depth with interval, best layer, behaviour, shortcuts."""
@@ -240,8 +251,11 @@ class RunResult:
         """Return the short text summary that ``depthprobe run`` prints."""
         lines = []
         for method, result in self.cascades.items():
+            loop = self.manifest["model"].get("loop")
+            looped = f", blocks looped {loop}" if loop else ""
             lines.append(f"[{method}] resolution depth d(t) per step (layers 0..."
-                         f"{self.manifest['model']['n_layers']}, 95% bootstrap interval):")
+                         f"{self.manifest['model']['n_layers']}{looped}, 95% bootstrap "
+                         f"interval):")
             for row in result.table.itertuples():
                 if pd.isna(row.depth) and row.best_score - row.chance < result.rule.min_margin:
                     depth = "no depth (no layer beats chance by the margin)"
@@ -252,6 +266,8 @@ class RunResult:
                              f"threshold {row.threshold:.2f})")
                 else:
                     depth = f"{int(row.depth):>2} [{row.depth_low:.0f}, {row.depth_high:.0f}]"
+                    if "layer_labels" in self.manifest["model"]:
+                        depth += f" = {self.manifest['model']['layer_labels'][int(row.depth)]}"
                 behaviour = ""
                 if self.behaviour is not None:
                     match = self.behaviour[self.behaviour["step"] == row.step]
@@ -280,6 +296,16 @@ class RunResult:
         # plotly.js is embedded (about 4.7 MB), because a CDN link shows nothing offline.
         figure = self.figure().to_html(full_html=False, include_plotlyjs=True)
         return f"<h4>depthprobe run: {self.config.task} on {self.config.model}</h4>{table}{figure}"
+
+
+def _loop_record(loaded: LoadedModel) -> dict:
+    """Return the manifest entries of a looped model: its loop and each layer's label."""
+    layout = loaded.layout
+    if not layout.is_looped:
+        return {}
+    return {"loop": getattr(loaded.model.config, "depthprobe_loop", None),
+            "block_sources": [list(source) for source in layout.block_sources],
+            "layer_labels": [layout.layer_label(layer) for layer in range(layout.n_layers + 1)]}
 
 
 def _shortcut_table(task: Task, examples) -> pd.DataFrame | None:
@@ -324,14 +350,20 @@ def run(config: RunConfig | None = None, model: LoadedModel | None = None, **ove
     loaded = (as_loaded_model(model) if model is not None
               else load_model(config.model, dtype=config.dtype, device=config.device,
                               device_map=config.device_map))
+    if config.loop is not None:
+        loaded = loop_model(loaded, config.loop)
     timings["load_model"] = time.perf_counter() - mark
+    for method in config.methods:
+        if get_method(method).needs_unembed:
+            loaded.layout.require_unembed(method)
     manifest = {
         "settings": config.settings(),
         "task": task.settings(),
         "model": {"name": config.model, "weights_sha256": loaded.weights_hash,
                   "architecture": loaded.layout.architecture,
                   "n_layers": loaded.layout.n_layers, "d_model": loaded.layout.d_model,
-                  "dtype": str(loaded.dtype).replace("torch.", "")},
+                  "dtype": str(loaded.dtype).replace("torch.", ""),
+                  **_loop_record(loaded)},
         "versions": _versions(),
         "timings_s": timings,
         "status": "running",
@@ -401,7 +433,8 @@ def _capture(config: RunConfig, loaded: LoadedModel, task: Task, examples, timin
     positions = [[r.position for r in ex.readouts] for ex in examples]
     identity = {
         "model": {"name": config.model, "weights_sha256": loaded.weights_hash,
-                  "dtype": str(loaded.dtype).replace("torch.", "")},
+                  "dtype": str(loaded.dtype).replace("torch.", ""),
+                  **({"loop": config.loop} if config.loop is not None else {})},
         "task": task.settings(),
         "capture": {"batch_size": config.batch_size, "padding_side": "right",
                     "inputs_sha256": inputs_sha256(sequences, positions)},

@@ -51,6 +51,8 @@ class MethodSpec:
     ``needs_features`` says whether it reads captured residuals (so the run captures them);
     ``depth_rule`` overrides fields of the run's :class:`~depthprobe.depth.DepthRule`, for
     methods whose scores need a different threshold; ``cost`` is one line for the help.
+    ``needs_unembed`` says whether it reads logits through the model's unembedding, so a
+    run rejects a model without one before capturing anything.
     """
 
     name: str
@@ -59,6 +61,7 @@ class MethodSpec:
     needs_features: bool = True
     depth_rule: dict = field(default_factory=dict)
     cost: str = ""
+    needs_unembed: bool = False
 
 
 METHODS: dict[str, MethodSpec] = {}

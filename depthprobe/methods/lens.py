@@ -52,9 +52,12 @@ DETAIL_COLUMNS = ["readout_id", "layer", "p_class", "p_vocab", "rank", "top1_cla
 class Lens(ABC):
     """Maps the residual at a layer to next-token logits through a model's unembedding."""
 
+    method_name = "lens"
+
     def __init__(self, loaded):
         self.loaded = as_loaded_model(loaded)
         self.n_layers = self.loaded.layout.n_layers
+        self.loaded.layout.require_unembed(self.method_name)
         self._unembed = unembed_residual(self.loaded.layout)
         reference = next(self.loaded.layout.final_norm.parameters(), None)
         if reference is None:
@@ -80,6 +83,8 @@ class Lens(ABC):
 
 class LogitLens(Lens):
     """The logit lens: the identity map before the model's final norm and unembedding."""
+
+    method_name = "logit lens"
 
     def transform(self, residual, layer):
         self.check_layer(layer)
@@ -178,5 +183,5 @@ def _score_with_logit_lens(context) -> tuple[pd.DataFrame, pd.DataFrame]:
 register_method(MethodSpec(
     name=METHOD, score=_score_with_logit_lens,
     summary="logit lens: is the answer token the top class token at each layer",
-    depth_rule=LENS_DEPTH_RULE,
+    depth_rule=LENS_DEPTH_RULE, needs_unembed=True,
     cost="one unembedding per readout and layer on the captured residuals"))

@@ -200,6 +200,7 @@ def patchscope(
     """
     loaded = as_loaded_model(loaded)
     model, tokenizer, layout = loaded
+    layout.require_unembed("patchscope")
     prompt = target_prompt(target)
     source_ids = tokenizer(source)["input_ids"]
     position = resolve_position(position, len(source_ids))
@@ -296,6 +297,7 @@ def readout_patchscope(loaded, features: Float[Tensor, "readouts layers d_model"
     :func:`~depthprobe.methods.answers.answer_token_scores`.
     """
     loaded = as_loaded_model(loaded)
+    loaded.layout.require_unembed("patchscope")
     prompt = target_prompt(target)
     target_ids, target_position = prompt.encode(loaded.tokenizer)
     answers = np.asarray(answers)
@@ -339,4 +341,5 @@ def _score_with_patchscope(context) -> tuple[pd.DataFrame, pd.DataFrame]:
 register_method(MethodSpec(
     name=METHOD, score=_score_with_patchscope,
     summary="Patchscope (identity prompt): does the readout's state decode to the answer",
+    needs_unembed=True,
     cost="one forward pass of the target prompt per readout and layer"))

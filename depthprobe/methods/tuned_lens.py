@@ -105,6 +105,8 @@ class TunedLens(Lens):
     After fitting, ``loss_log_`` holds the mean KL divergence over layers per step.
     """
 
+    method_name = "tuned lens"
+
     def __init__(self, loaded):
         super().__init__(loaded)
         d_model = self.loaded.layout.d_model
@@ -253,5 +255,5 @@ def _score_with_tuned_lens(context):
 register_method(MethodSpec(
     name=METHOD, score=_score_with_tuned_lens,
     summary="tuned lens (trained on the run's texts): is the answer the top class token",
-    depth_rule=LENS_DEPTH_RULE,
+    depth_rule=LENS_DEPTH_RULE, needs_unembed=True,
     cost="training: per step one forward pass and one unembedding per layer and position"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -24,8 +26,10 @@ def score_grid(scores: pd.DataFrame, method: str) -> tuple[np.ndarray, list[int]
     return grid.to_numpy(), grid.index.tolist(), grid.columns.tolist()
 
 
-def _hover(rows: pd.DataFrame, layers, steps) -> np.ndarray:
+def _hover(rows: pd.DataFrame, layers, steps, layer_labels=None) -> np.ndarray:
     lookup = {(r.layer, r.step): r for r in rows.itertuples()}
+    names = {layer: (layer_labels[layer] if layer_labels is not None
+                     and 0 <= layer < len(layer_labels) else str(layer)) for layer in layers}
     text = np.empty((len(layers), len(steps)), dtype=object)
     for i, layer in enumerate(layers):
         for j, step in enumerate(steps):
@@ -33,7 +37,7 @@ def _hover(rows: pd.DataFrame, layers, steps) -> np.ndarray:
             if r is None:
                 text[i, j] = ""
                 continue
-            text[i, j] = (f"layer {layer}, step {step}<br>score {r.score:.3f} "
+            text[i, j] = (f"layer {names[layer]}, step {step}<br>score {r.score:.3f} "
                           f"(± {r.spread:.3f} over folds)<br>chance {r.chance:.3f}, "
                           f"control {r.control:.3f}<br>{r.count} readouts")
     return text
@@ -47,13 +51,15 @@ def cascade_figure(
     title: str | None = None,
     n_layers: int | None = None,
     step_title: str = STEP_TITLE,
+    layer_labels: Sequence[str] | None = None,
 ) -> go.Figure:
     """Draw the cascade: steps across, layers upward, cells coloured by score above chance.
 
     ``depths`` (a run's depth table) adds each step's resolution depth with its bootstrap
     interval and an arrow to the next step's depth. ``behaviour`` (per-step accuracy with
     ``step``, ``accuracy``, ``stderr``, ``chance``) adds the model's own accuracy in a
-    panel below, on the same step axis.
+    panel below, on the same step axis. ``layer_labels`` names layers ``0..L`` in the
+    hover text, for example the block and pass of each layer of a looped model.
     """
     grid, layers, steps = score_grid(scores, method)
     rows = scores[scores["method"] == method]
@@ -68,7 +74,7 @@ def cascade_figure(
         colorbar=dict(title=dict(text=f"{method} score − chance", side="right"),
                       len=0.75 if has_behaviour else 1.0,
                       y=0.625 if has_behaviour else 0.5),
-        text=_hover(rows, layers, steps), hoverinfo="text", name=method,
+        text=_hover(rows, layers, steps, layer_labels), hoverinfo="text", name=method,
     ), row=1, col=1)
 
     if depths is not None:

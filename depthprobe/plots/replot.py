@@ -13,6 +13,7 @@ from .curves import curves_by_method, depth_curves_figure
 from .diagram import average_diagram, example_diagram
 from .grid import patchscope_grid_figure
 from .heatmap import heatmap_figure
+from .recurrence import recurrence_diagram
 from .tables import GRID_FILE, STEP_TITLE, RunTables, load_run
 
 FIGURE_KINDS = {
@@ -23,6 +24,8 @@ FIGURE_KINDS = {
     "depth": "resolution depth against step with bootstrap bands, every method (and run)",
     "grid": "Patchscope source-layer by target-layer grid",
     "compare": "two runs side by side: normalised depth curves and answer accuracy",
+    "recurrence": "each step's state box in the grid of steps and layers, with arrows that "
+                  "climb (feedforward) or run sideways (recurrent)",
 }
 
 
@@ -65,7 +68,13 @@ def figure_from_run(
     if kind == "cascade":
         return cascade_figure(tables.scores, tables.depths, tables.behaviour, method=method,
                               title=tables.title(method, "State resolution depth per step"),
-                              n_layers=tables.n_layers, step_title=tables.step_title)
+                              n_layers=tables.n_layers, step_title=tables.step_title,
+                              layer_labels=tables.layer_labels)
+    if kind == "recurrence":
+        return recurrence_diagram(tables.depths, n_layers=tables.n_layers, method=method,
+                                  layer_labels=tables.layer_labels,
+                                  title=tables.title(method, "Where the state resolves at each "
+                                                             "step"))
     if kind == "diagram":
         return example_diagram(tables, example=example, method=method, schematic=schematic)
     if kind == "diagram-average":

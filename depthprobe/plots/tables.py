@@ -120,6 +120,12 @@ class RunTables:
         return int(n_layers) if n_layers is not None else int(self.scores["layer"].max())
 
     @property
+    def layer_labels(self) -> list[str] | None:
+        """Return each layer's label (block and pass of a looped model), or ``None``."""
+        labels = self.manifest.get("model", {}).get("layer_labels")
+        return [str(label) for label in labels] if labels else None
+
+    @property
     def methods(self) -> list[str]:
         return list(dict.fromkeys(self.scores["method"]))
 
