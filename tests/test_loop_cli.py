@@ -13,6 +13,7 @@ from depthprobe.methods import LogitLens
 from depthprobe.methods.patchscope import patchscope
 from depthprobe.models import LoadedModel
 from depthprobe.plots import figure_from_run
+from depthprobe.recipes import check_recipe, parse_recipe
 from depthprobe.run import RunConfig, run
 
 TINY = dict(n_stories=30, n_steps=2, n_folds=3, n_boot=50, behaviour=False, figures=("html",),
@@ -122,3 +123,12 @@ def test_methods_that_read_logits_reject_a_model_without_unembedding(headless, t
     with pytest.raises(ValueError, match="lens method needs an unembedding.*probe"):
         run(RunConfig(output_dir=str(tmp_path), methods=("lens",), **TINY), model=headless)
     assert not (tmp_path / "activations").exists()  # rejected before capture
+
+
+def test_recipe_loop_key(tmp_path):
+    recipe = parse_recipe('task = "shell-game"\nloop = "10:12:2"\n', tmp_path / "loop.toml")
+    assert [config.loop for config in recipe.configs()] == ["10:12:2"]
+
+    bad = parse_recipe('task = "shell-game"\nloop = "10:x:2"\n', tmp_path / "bad.toml")
+    with pytest.raises(ValueError, match="Invalid loop '10:x:2'"):
+        check_recipe(bad)
