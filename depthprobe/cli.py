@@ -26,7 +26,13 @@ def _comma_list(text: str) -> tuple[str, ...]:
 
 
 def _persist(text: str) -> int | None:
-    return None if text.lower() in ("all", "none") else int(text)
+    if text.lower() in ("all", "none"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a whole number of layers nor 'all', e.g. 3 or all.") from None
 
 
 def _add_run_parser(subparsers) -> argparse.ArgumentParser:
