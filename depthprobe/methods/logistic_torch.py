@@ -35,6 +35,7 @@ _MIN_SCALE = 1e-5  # as scikit-learn's StandardScaler, a zero-variance feature i
 _ARMIJO = 1e-4  # sufficient-decrease constant of the line search
 _MAX_BACKTRACKS = 20
 _LOSS_ROUNDING = 1e-6  # relative change of a float32 loss that counts as rounding
+_MAX_FLAT = 5  # iterations without a lower loss after which a problem has stalled
 _COMPACT_BELOW = 0.75  # drop finished layers once the active ones are this fraction or less
 
 
@@ -171,6 +172,7 @@ def _minimise(objective, n_train: Tensor, max_iter: int, tol: float, history_siz
 
     loss, grad = objective.loss_and_grad(theta)
     active = ~small(grad)
+    flat = torch.zeros_like(n_iter)  # iterations in a row without a lower loss
     history = _History(history_size)
     for _ in range(max_iter):
         if not active.any():
@@ -184,7 +186,9 @@ def _minimise(objective, n_train: Tensor, max_iter: int, tol: float, history_siz
         new_theta, new_loss, new_grad, accepted = _line_search(
             objective, theta, loss, grad, direction, dot(grad, direction), active)
         history.add(new_theta - theta, new_grad - grad, accepted & active)
-        stalled = active & ~accepted
+        # A problem whose loss stops going down has reached float32 precision: it stalled.
+        flat = torch.where(new_loss < loss, torch.zeros_like(flat), flat + 1)
+        stalled = active & (~accepted | (flat >= _MAX_FLAT))
         theta, loss, grad = new_theta, new_loss, new_grad
         n_iter[layer_ids] += active.long()
         active = active & ~small(grad) & ~stalled
@@ -197,6 +201,7 @@ def _minimise(objective, n_train: Tensor, max_iter: int, tol: float, history_siz
             keep = ~finished
             layer_ids, objective = layer_ids[keep], objective.select(keep)
             theta, loss, grad, active = theta[keep], loss[keep], grad[keep], active[keep]
+            flat = flat[keep]
             history.select(keep)
 
     final[layer_ids] = theta
