@@ -54,6 +54,9 @@ class DepthRule:
             raise ValueError(f"confidence must lie in (0, 1), got {self.confidence}.")
 
 
+_TOLERANCE = 1e-9
+
+
 def resolution_depth(curve: np.ndarray, chance: float, rule: DepthRule = DepthRule()
                      ) -> int | None:
     """Apply the threshold rule to one layer curve; return the layer index or ``None``.
@@ -62,9 +65,11 @@ def resolution_depth(curve: np.ndarray, chance: float, rule: DepthRule = DepthRu
     """
     curve = np.asarray(curve, dtype=float)
     best = float(np.nanmax(curve))
-    if best - chance < rule.min_margin:
+    # Scores are shares of readouts, so exact ties such as 0.6667 - 0.5667 = 0.1 must
+    # not fall below a limit through float rounding.
+    if best - chance < rule.min_margin - _TOLERANCE:
         return None
-    above = curve >= chance + rule.relative * (best - chance)
+    above = curve >= chance + rule.relative * (best - chance) - _TOLERANCE
     window = len(curve) if rule.persist is None else rule.persist
     for layer in range(len(curve)):
         if above[layer: layer + window].all():
