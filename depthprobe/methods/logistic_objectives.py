@@ -21,7 +21,7 @@ _MIN_EIGENVALUE = 1e-4  # eigenpairs below this fraction of the largest are left
 
 def dot(a: Tensor, b: Tensor) -> Tensor:
     """Return the inner product of each problem's parameters: (layers, folds, sets)."""
-    return (a * b).flatten(3).sum(-1)
+    return torch.linalg.vecdot(a.flatten(3), b.flatten(3))
 
 
 @dataclass

@@ -268,10 +268,10 @@ class _History:
         alphas = []
         for s, y, r in zip(reversed(self.steps), reversed(self.changes), reversed(self.rho)):
             alpha = r * dot(s, q)
-            q -= alpha[..., None, None] * y
+            q.addcmul_(y, alpha[..., None, None], value=-1.0)
             alphas.append(alpha)
         q = precondition(q)
         for s, y, r, alpha in zip(self.steps, self.changes, self.rho, reversed(alphas)):
             beta = r * dot(y, q)
-            q += s * (alpha - beta)[..., None, None]
+            q.addcmul_(s, (alpha - beta)[..., None, None])
         return q
