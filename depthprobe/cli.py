@@ -453,11 +453,21 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("kaleido", "choreographer", "httpx"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    if getattr(args, "quiet", False):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     try:
         return args.handler(args)
     except (ValueError, TypeError, FileNotFoundError) as error:
         print(f"depthprobe {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Tables, shards and the manifest are written atomically, so what exists is whole.
+        print(f"depthprobe {args.command}: interrupted; files already written are kept "
+              f"(for `run`, add --resume to continue from the stored activations).",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

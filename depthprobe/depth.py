@@ -162,6 +162,10 @@ def cascade(readouts: pd.DataFrame, chance: dict[int, float], method: str,
     for k, step in enumerate(steps):
         drawn = np.array([b[k] for b in boot if b[k] is not None], dtype=float)
         low, high = (np.percentile(drawn, [tail, 100 - tail]) if len(drawn) else (np.nan, np.nan))
+        if point[k] is None:
+            # No interval around a depth that does not exist; resolved_fraction still says
+            # how often a resample found one.
+            low, high = np.nan, np.nan
         best = int(np.argmax(full[k]))
         c = chance[int(step)]
         rows.append(dict(method=method, step=int(step), depth=point[k], depth_low=low,
@@ -177,7 +181,8 @@ def cascade(readouts: pd.DataFrame, chance: dict[int, float], method: str,
     slopes = slopes[~np.isnan(slopes)]
     slope_low, slope_high = (np.percentile(slopes, [tail, 100 - tail]) if len(slopes)
                              else (np.nan, np.nan))
-    return Cascade(method, table, slope, float(slope_low), float(slope_high),
+    # Adding 0.0 turns a negative zero into 0.0, so summaries never print "-0.00".
+    return Cascade(method, table, slope, float(slope_low) + 0.0, float(slope_high) + 0.0,
                    _exhaustion(steps, point), rule)
 
 

@@ -83,7 +83,9 @@ def cascade_figure(
         _add_behaviour(fig, behaviour)
 
     top = n_layers if n_layers is not None else max(layers)
-    fig.update_yaxes(title_text="layer (0 = embeddings)", range=[-0.5, top + 0.5],
+    unresolved = depths is not None and depths[depths["method"] == method]["depth"].isna().any()
+    fig.update_yaxes(title_text="layer (0 = embeddings)",
+                     range=[-0.5, top + (1.5 if unresolved else 0.5)],
                      row=1, col=1)
     fig.update_xaxes(title_text=step_title, dtick=1,
                      row=2 if has_behaviour else 1, col=1)
@@ -114,8 +116,9 @@ def _add_depths(fig: go.Figure, depths: pd.DataFrame, top_layer: int) -> None:
     unresolved = depths[depths["depth"].isna()]
     if not unresolved.empty:
         fig.add_trace(go.Scatter(
-            x=unresolved["step"], y=[top_layer] * len(unresolved), mode="markers",
-            name="no layer resolves the state",
+            # Drawn one row above the top layer, so it cannot read as a depth there.
+            x=unresolved["step"], y=[top_layer + 1] * len(unresolved), mode="markers",
+            name="no layer resolves the state (drawn above the top layer)",
             marker=dict(symbol="x", size=12, color="#d62728"),
             hovertemplate="step %{x}: no depth<extra></extra>",
         ), row=1, col=1)
