@@ -161,6 +161,7 @@ class ActivationStore:
                        for i, entry in enumerate(manifest["shards"])]
         self._row_starts = np.array([shard.row_start for shard in self.shards])
         self._verified: set[int] = set()
+        self._cached: tuple[int, Tensor] | None = None  # the last shard read, for reuse
 
     # --- construction -------------------------------------------------------------------
 
@@ -336,6 +337,8 @@ class ActivationStore:
         _write_atomically(self.folder / shard.file, data)
         self.manifest["shards"][index]["sha256"] = hashlib.sha256(data).hexdigest()
         self._verified.add(index)
+        if self._cached is not None and self._cached[0] == index:
+            self._cached = None
         self._write_manifest()
 
     def _write_manifest(self) -> None:
@@ -348,8 +351,9 @@ class ActivationStore:
              columns: Sequence[int] | None = None) -> Float[Tensor, "rows columns d_model"]:
         """Return the residuals of ``rows`` (readout indices) at ``columns`` as float32.
 
-        ``columns`` index the store's layers (default: all). Only the shards holding
-        ``rows`` are opened, and from each only the span of rows needed is read.
+        ``columns`` index the store's layers (default: all). Only the shards that contain
+        ``rows`` are read. The last shard read stays in memory, so that reading a few rows
+        at a time, in order, reads each shard once.
         """
         if not self.complete:
             raise ValueError(
@@ -371,17 +375,22 @@ class ActivationStore:
 
         owner = np.searchsorted(self._row_starts, rows, side="right") - 1
         for index in np.unique(owner):
-            shard = self.shards[index]
-            if index not in self._verified and not self._shard_ok(shard):
-                raise ValueError(self._corrupt_message([int(index)]))
             wanted = np.flatnonzero(owner == index)
-            local = rows[wanted] - shard.row_start
-            low, high = int(local.min()), int(local.max()) + 1
-            with safe_open(self.folder / shard.file, framework="pt") as handle:
-                block = handle.get_slice(TENSOR_NAME)[low:high]
-            block = block[torch.as_tensor(local - low)][:, columns]
-            out[torch.as_tensor(wanted)] = block.float()
+            local = torch.as_tensor(rows[wanted] - self.shards[index].row_start)
+            out[torch.as_tensor(wanted)] = self._shard(int(index))[local][:, columns].float()
         return out
+
+    def _shard(self, index: int) -> Tensor:
+        """Return one shard's residuals, verifying its checksum on its first read."""
+        if self._cached is not None and self._cached[0] == index:
+            return self._cached[1]
+        shard = self.shards[index]
+        if index not in self._verified and not self._shard_ok(shard):
+            raise ValueError(self._corrupt_message([index]))
+        with safe_open(self.folder / shard.file, framework="pt") as handle:
+            tensor = handle.get_tensor(TENSOR_NAME)
+        self._cached = (index, tensor)
+        return tensor
 
     def __getitem__(self, key) -> Tensor:
         """Index like the (readouts, layers, d_model) tensor: ``store[rows]`` or
