@@ -1,18 +1,19 @@
 """An on-disk store of captured residuals: safetensors shards and a JSON manifest.
 
-A store is a folder holding ``manifest.json`` and shard files ``shard-00000.safetensors``,
-... Each shard contains one tensor, ``residuals`` of shape (readouts, layers, d_model), for a
-contiguous range of examples (and so of readouts). The manifest records what the store was
-made from (its *identity*: model name and weight hash, task settings, capture settings and
-a hash of the token ids and readout positions), the dtype, layers and shapes, the plan of
-shards, and the sha256 of every finished shard.
+A store is a folder that contains ``manifest.json`` and the shard files
+``shard-00000.safetensors``, ... Each shard contains one tensor, ``residuals`` of shape
+(readouts, layers, d_model), for a contiguous range of examples (and so of readouts). The
+manifest records the store's *identity*: the model name and weight hash, the task
+settings, the capture settings and a hash of the token ids and readout positions. It also
+records the dtype, layers and shapes, the plan of shards, and the sha256 of every finished
+shard.
 
 Shards are written one by one, each to a temporary file that is renamed into place once
 complete, and the manifest is rewritten (atomically too) after each shard. A capture
 killed at any moment therefore leaves only complete shards, each listed with its checksum
-or not listed at all, and :func:`capture_to_store` with ``resume=True`` captures only the
-shards that are missing or fail their checksum. Nothing is read with pickle: shards are
-safetensors files and the manifest is JSON.
+or not listed at all. :meth:`ActivationStore.open_or_create` with ``resume=True`` keeps the
+shards whose checksums match, and :func:`capture_to_store` then captures only the others.
+Nothing is read with pickle: shards are safetensors files and the manifest is JSON.
 """
 
 from __future__ import annotations
@@ -148,8 +149,8 @@ class ActivationStore:
     """Residuals of every readout at every captured layer, kept on disk in shards.
 
     Build one with :meth:`create` or :meth:`open`. Reading is lazy: :meth:`read` (and
-    indexing, ``store[rows]`` or ``store[rows, columns]``) loads only the shards, rows and
-    layer columns asked for, verifying each shard's sha256 the first time this object
+    indexing, ``store[rows]`` or ``store[rows, columns]``) reads only the shards that
+    contain the requested rows, and verifies each shard's sha256 the first time this object
     reads it. ``shape`` is (readouts, layers, d_model) as for the in-memory tensor of
     :func:`~depthprobe.capture.capture_residuals`; values come back as float32.
     """
