@@ -24,6 +24,24 @@ def dot(a: Tensor, b: Tensor) -> Tensor:
     return torch.linalg.vecdot(a.flatten(3), b.flatten(3))
 
 
+def _stable_eigh(gram: Tensor) -> tuple[Tensor, Tensor]:
+    """Eigendecompose a batch of Gram matrices, also when some are degenerate.
+
+    Identical rows (every readout the same token at layer 0, say) can make LAPACK's solver
+    fail to converge. The retry adds a tiny multiple of the identity in float64; this only
+    shapes the preconditioner, so the fitted probes solve the same objective.
+    """
+    try:
+        return torch.linalg.eigh(gram)
+    except torch.linalg.LinAlgError:
+        wide = gram.double()
+        size = wide.shape[-1]
+        jitter = 1e-8 * wide.diagonal(dim1=-2, dim2=-1).mean(-1).clamp(min=1e-12)
+        wide = wide + jitter[:, None, None] * torch.eye(size, dtype=wide.dtype, device=wide.device)
+        values, vectors = torch.linalg.eigh(wide)
+        return values.to(gram.dtype), vectors.to(gram.dtype)
+
+
 @dataclass
 class Problems:
     """The classes, folds and class structure that the problems of every layer share."""
@@ -98,9 +116,9 @@ class PrimalObjective:
         """
         n_layers, n_rows, d_model = X.shape
         if n_rows <= d_model:
-            values, vectors = torch.linalg.eigh(torch.bmm(X, X.transpose(1, 2)))
+            values, vectors = _stable_eigh(torch.bmm(X, X.transpose(1, 2)))
         else:
-            values, vectors = torch.linalg.eigh(torch.bmm(X.transpose(1, 2), X))
+            values, vectors = _stable_eigh(torch.bmm(X.transpose(1, 2), X))
         values, vectors = values.flip(-1).clamp(min=0), vectors.flip(-1)
         full_rank = min(n_rows, d_model)
         k = min(rank, full_rank)
