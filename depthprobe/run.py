@@ -172,7 +172,7 @@ def store_dir(config: RunConfig) -> Path:
 
 
 def _check_store(config: RunConfig, task: Task) -> None:
-    """Reject, before the model loads, a store folder that holds another model's or task's
+    """Reject, before the model loads, a store folder that contains another model's or task's
     activations: with ``resume`` it cannot be resumed, and without it only ``overwrite``
     may replace it. The weight hash and token ids are checked once the model is loaded."""
     manifest = store_dir(config) / STORE_MANIFEST

@@ -53,15 +53,17 @@ def test_plan_shards_covers_every_example():
     counts = [3, 1, 4, 1, 5, 9, 2, 6]
     shards = plan_shards(counts, bytes_per_readout=100, shard_mb=1000 / 2**20)
 
-    assert shards[0].example_start == 0 and shards[0].row_start == 0
-    assert shards[-1].example_stop == len(counts) and shards[-1].row_stop == sum(counts)
+    assert shards[0].example_start == 0
+    assert shards[0].row_start == 0
+    assert shards[-1].example_stop == len(counts)
+    assert shards[-1].row_stop == sum(counts)
     for before, after in zip(shards, shards[1:]):
         assert before.example_stop == after.example_start
         assert before.row_stop == after.row_start
     for shard in shards:
         rows = sum(counts[shard.example_start:shard.example_stop])
         assert shard.n_rows == rows
-        # A shard over budget holds a single example that alone exceeds it.
+        # A shard over budget contains a single example that alone exceeds it.
         assert rows * 100 <= 1000 or shard.example_stop - shard.example_start == 1
 
 

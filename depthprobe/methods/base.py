@@ -1,4 +1,4 @@
-"""What every scoring method receives, and the registry ``depthprobe run`` reads."""
+"""The inputs every scoring method receives, and the method registry of ``depthprobe run``."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ ScoreFunction = Callable[[MethodContext], "tuple[pd.DataFrame, pd.DataFrame]"]
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A scoring method as ``depthprobe run --methods`` knows it.
+    """A scoring method as registered for ``depthprobe run --methods``.
 
     ``score`` returns the tidy scores table and the per-readout table for the method.
     ``needs_features`` says whether it reads captured residuals (so the run captures them);
